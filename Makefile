@@ -12,6 +12,8 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 WHEELHOUSE ?=
 PORT ?= 8888
 LAB_ARGS ?=
+# Containers (Docker, some JupyterHubs, CI) often run as root, which JupyterLab refuses by default.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 NOTEBOOKS ?= notebooks/*.ipynb
 
 ifneq ($(WHEELHOUSE),)
@@ -46,7 +48,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(ALLOW_ROOT) $(LAB_ARGS)
 
 test: setup $(VENV)/.installed-dev
 	$(MAKE) unit nbval
