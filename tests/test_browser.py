@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "browser"
@@ -33,12 +33,6 @@ MISSING_EXTENSION = (
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium: install Debian's chromium package (make test does, as root)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_lab(home: Path, disabled_extensions: dict | None = None):
     """JupyterLab on a copy of the notebooks, with settings that keep every cell attached to the page."""
     shutil.copytree(ROOT / "notebooks", home / "notebooks")
@@ -52,7 +46,7 @@ def _start_lab(home: Path, disabled_extensions: dict | None = None):
     if disabled_extensions:
         (config / "labconfig").mkdir(parents=True)
         (config / "labconfig" / "page_config.json").write_text(json.dumps({"disabledExtensions": disabled_extensions}))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(home / "ws"),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_CONFIG_DIR": str(config),
            "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -74,15 +68,6 @@ def _start_lab(home: Path, disabled_extensions: dict | None = None):
     raise AssertionError("JupyterLab did not answer within 90 s")
 
 
-def _stop(lab) -> None:
-    if lab.poll() is None:
-        os.killpg(lab.pid, signal.SIGTERM)
-        try:
-            lab.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(lab.pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
@@ -97,7 +82,7 @@ def browser():
 def lab_url(tmp_path_factory):
     lab, url = _start_lab(tmp_path_factory.mktemp("lab"))
     yield url
-    _stop(lab)
+    stop(lab)
 
 
 def _open(browser, url: str, notebook: str):
@@ -185,4 +170,4 @@ def test_missing_widgets_extension_fails_with_the_fix(browser, tmp_path):
         _shot(page, "00_without_widgets_extension")
         page.close()
     finally:
-        _stop(lab)
+        stop(lab)

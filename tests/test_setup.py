@@ -1,16 +1,14 @@
 """The two commands and the files around them stay consistent; `make lab` really serves JupyterLab."""
 
 import os
-import signal
-import socket
 import subprocess
 import time
 import tomllib
 import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
+from processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -42,15 +40,9 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert ".venv" in (ROOT / ".gitignore").read_text().split()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_make_lab_serves_jupyterlab(tmp_path):
-    port = _free_port()
-    args = f"--no-browser --ServerApp.token= --ServerApp.password= --ServerApp.ip=127.0.0.1"
+    port = free_port()
+    args = "--no-browser --ServerApp.token= --ServerApp.password= --ServerApp.ip=127.0.0.1"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)}
     lab = subprocess.Popen(["make", "lab", f"PORT={port}", f"LAB_ARGS={args}"], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -64,9 +56,4 @@ def test_make_lab_serves_jupyterlab(tmp_path):
                 time.sleep(1)
         assert status == 200, "JupyterLab did not answer on /lab within two minutes"
     finally:
-        if lab.poll() is None:
-            os.killpg(lab.pid, signal.SIGTERM)
-            try:
-                lab.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(lab.pid, signal.SIGKILL)
+        stop(lab)
