@@ -135,10 +135,10 @@ def test_setup_check_widget_draws_and_talks_to_the_kernel(browser, lab_url):
     _run_all(page)
     assert_widgets_render(page)
     label = page.locator(".wu-setup-label")
-    before = label.inner_text()
+    assert label.inner_text() == "The model would write 7 new tokens."  # where the notebook's check left it
     _press(page, "wu-setup-slider", "ArrowRight", 3)
-    page.wait_for_function("b => document.querySelector('.wu-setup-label').innerText !== b", arg=before, timeout=10_000)
-    assert label.inner_text() == "The model would write 10 new tokens."
+    expected = "The model would write 10 new tokens."
+    page.wait_for_function("e => document.querySelector('.wu-setup-label').innerText === e", arg=expected, timeout=10_000)
     _shot(page, "00_setup_check")
     page.close()
 
