@@ -142,7 +142,7 @@ def merge_image_features(
                 features = image_features[next_image]
                 next_image += 1
                 pieces_embeds.append(features.to(pieces_embeds[-1].dtype))
-                pieces_labels.append(torch.full((len(features),), IGNORE_INDEX, dtype=row_labels.dtype))
+                pieces_labels.append(row_labels.new_full((len(features),), IGNORE_INDEX))
             start = cut + 1
         rows_embeds.append(torch.cat(pieces_embeds))
         rows_labels.append(torch.cat(pieces_labels))
@@ -150,15 +150,15 @@ def merge_image_features(
     longest = max(len(e) for e in rows_embeds)
     batch = len(rows_embeds)
     inputs_embeds = rows_embeds[0].new_zeros(batch, longest, width)
-    new_mask = torch.zeros(batch, longest, dtype=attention_mask.dtype)
-    position_ids = torch.zeros(batch, longest, dtype=torch.long)
-    new_labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long)
+    new_mask = attention_mask.new_zeros(batch, longest)
+    position_ids = torch.zeros(batch, longest, dtype=torch.long, device=input_ids.device)
+    new_labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long, device=input_ids.device)
     for row, (embeds, row_labels) in enumerate(zip(rows_embeds, rows_labels)):
         n = len(embeds)
         span = slice(0, n) if padding_side == "right" else slice(longest - n, longest)
         inputs_embeds[row, span] = embeds
         new_mask[row, span] = 1
-        position_ids[row, span] = torch.arange(n)
+        position_ids[row, span] = torch.arange(n, device=input_ids.device)
         new_labels[row, span] = row_labels
     return inputs_embeds, new_mask, position_ids, new_labels if labels is not None else None
 
@@ -461,8 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train the vision encoder, then the connector; write the weights")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--vision-steps", type=int, default=2000)
-    train.add_argument("--connector-steps", type=int, default=150)
+    train.add_argument("--vision-steps", type=int, default=1200)
+    train.add_argument("--connector-steps", type=int, default=200)
     train.add_argument("--batch-size", type=int, default=8, help="images per connector step")
     train.add_argument("--out", type=Path, default=WEIGHTS_FILE)
     evaluate = commands.add_parser("eval", help="ask about 200 new images; print colour and shape accuracy")
