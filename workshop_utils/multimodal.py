@@ -443,11 +443,12 @@ def accuracy(model: TinyLlava, n: int = 200, seed: int = 12345, batch_size: int 
         chunk = samples[start:start + batch_size]
         for task, question in QUESTIONS.items():
             replies = model.answer([s[0] for s in chunk], question)
-            right[task] += sum(_first_word(r) == a[task] for r, (_, a) in zip(replies, chunk))
+            right[task] += sum(first_word(r) == a[task] for r, (_, a) in zip(replies, chunk))
     return {task: 100.0 * count / n for task, count in right.items()}
 
 
-def _first_word(reply: str) -> str:
+def first_word(reply: str) -> str:
+    """The first word of a reply, lower-cased, without punctuation: what the accuracy counts."""
     words = reply.lower().replace(".", " ").split()
     return words[0] if words else ""
 
