@@ -131,3 +131,30 @@ def progress(iterable: Iterable, desc: str = "", total: int | None = None) -> It
     finally:
         handle.update(_HIDDEN_WIDGET, raw=True)  # an empty model id hides the output
         box.close()
+
+
+def show_images(images: Sequence[Any], titles: Sequence[str] = (), *, columns: int = 8, scale: float = 1.3) -> None:
+    """Show PIL images side by side, with an optional title under each (matplotlib)."""
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * scale, rows * (scale + 0.3)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, [*titles, *[""] * len(images)]):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
+def plot_losses(losses: Sequence[float], title: str = "training loss") -> None:
+    """Plot a loss per step (matplotlib)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.plot(range(1, len(losses) + 1), losses, marker=".")
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.show()

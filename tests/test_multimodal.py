@@ -1,0 +1,179 @@
+"""The image splice, checked against transformers' own LLaVA; stage-1 freezing; the shipped weights."""
+
+import shutil
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from workshop_utils import multimodal as mm
+from workshop_utils.models import default_model_dir, sha256_of
+
+N_PATCHES = 16
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A TinyLlava around a small random Llama (the real tokenizer, so <image> is a real special token)."""
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = mm.TinyLlava(LlamaForCausalLM(config).eval(), tokenizer)
+    return model.eval()
+
+
+def _batch(model, padding_side):
+    """Three prompts holding 0, 1 and 2 images, of different lengths, padded on one side."""
+    texts = ["<|im_start|>user\nNo picture here, just words.<|im_end|>\n",
+             mm.PROMPT.format(question="What color is the shape?"),
+             "<|im_start|>user\n<image> or <image>?<|im_end|>\n"]
+    model.tokenizer.padding_side = padding_side
+    batch = model.tokenizer(texts, return_tensors="pt", padding=True)
+    images = [image for image, _ in mm.make_shapes(3, seed=7)]
+    return batch.input_ids, batch.attention_mask, mm.pixel_values(images)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_splice_equals_llava_embeddings_and_logits(tiny, padding_side):
+    input_ids, attention_mask, pixels = _batch(tiny, padding_side)
+    assert int((input_ids == tiny.image_token_id).sum()) == 3
+    with torch.no_grad():
+        embeds, mask, positions, _ = tiny.merge(input_ids, pixels, attention_mask, padding_side=padding_side)
+        ours = tiny.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+
+        llava = mm.build_llava(tiny, N_PATCHES)
+        long_ids, long_mask = mm.expand_image_tokens(input_ids, attention_mask, tiny.image_token_id, N_PATCHES,
+                                                     tiny.tokenizer.pad_token_id, padding_side)
+        # LLaVA's own merge: embed every id, then masked_scatter the image features over the placeholders.
+        features = torch.cat(llava.model.get_image_features(pixel_values=pixels).pooler_output)
+        theirs_embeds = llava.get_input_embeddings()(long_ids)
+        placeholder = llava.model.get_placeholder_mask(long_ids, theirs_embeds, features)
+        theirs_embeds = theirs_embeds.masked_scatter(placeholder, features)
+        theirs = llava(input_ids=long_ids, pixel_values=pixels, attention_mask=long_mask,
+                       position_ids=positions).logits
+
+    assert torch.equal(mask, long_mask), "both layouts put real positions in the same places"
+    real = mask.bool()
+    assert torch.equal(embeds[real], theirs_embeds[real])
+    torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
+    assert mask.sum(1).tolist() == [int(m.sum()) + (N_PATCHES - 1) * int((i == tiny.image_token_id).sum())
+                                    for i, m in zip(input_ids, attention_mask)]
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_positions_count_from_zero_on_each_row(tiny, padding_side):
+    input_ids, attention_mask, pixels = _batch(tiny, padding_side)
+    with torch.no_grad():
+        _, mask, positions, _ = tiny.merge(input_ids, pixels, attention_mask, padding_side=padding_side)
+    for row_mask, row_positions in zip(mask.bool(), positions):
+        n = int(row_mask.sum())
+        assert row_positions[row_mask].tolist() == list(range(n))
+        first_real = 0 if padding_side == "right" else len(row_mask) - n
+        assert row_mask[first_real:first_real + n].all()
+
+
+def test_labels_are_ignored_on_image_and_padding_positions(tiny):
+    samples = mm.make_shapes(2, seed=3)
+    input_ids, attention_mask, labels = mm.stage1_batch(tiny.tokenizer, samples, ["color", "caption"])
+    with torch.no_grad():
+        _, mask, _, merged = tiny.merge(input_ids, mm.pixel_values([s[0] for s in samples]), attention_mask, labels)
+    for row in range(2):
+        ids = input_ids[row][attention_mask[row].bool()].tolist()
+        at = ids.index(tiny.image_token_id)
+        answer = tiny.tokenizer(("a " + " ".join(samples[row][1][k] for k in ("color", "shape")) if row else
+                                 samples[row][1]["color"]) + "<|im_end|>").input_ids
+        expected = [-100] * (len(ids) - len(answer) + N_PATCHES - 1) + answer
+        expected += [-100] * (merged.shape[1] - len(expected))
+        assert merged[row].tolist() == expected
+        assert (merged[row][at:at + N_PATCHES] == -100).all()
+        assert (merged[row][~mask[row].bool()] == -100).all()
+
+
+def test_no_labels_in_no_labels_out(tiny):
+    input_ids, attention_mask, pixels = _batch(tiny, "right")
+    with torch.no_grad():
+        assert tiny.merge(input_ids, pixels, attention_mask)[3] is None
+
+
+def test_a_row_without_image_is_just_its_text_embeddings(tiny):
+    ids = tiny.tokenizer(["<|im_start|>user\nhello<|im_end|>"], return_tensors="pt").input_ids
+    embeds, mask, positions, _ = mm.merge_image_features(ids, tiny.language_model.get_input_embeddings(), [],
+                                                         tiny.image_token_id)
+    assert torch.equal(embeds[0], tiny.language_model.get_input_embeddings()(ids[0]))
+    assert mask.tolist() == [[1] * ids.shape[1]] and positions.tolist() == [list(range(ids.shape[1]))]
+
+
+class _NoEmbedding(torch.nn.Embedding):
+    def forward(self, ids):
+        raise AssertionError("embedded before checking the counts")
+
+
+@pytest.mark.parametrize("n_images", [1, 3])
+def test_placeholder_and_image_counts_must_agree(tiny, n_images):
+    input_ids, attention_mask, _ = _batch(tiny, "right")  # 3 placeholders
+    features = [torch.zeros(N_PATCHES, 64)] * (n_images if n_images != 3 else 2)
+    with pytest.raises(ValueError, match=r"3 image placeholder.*\b2\b image.*Fix:" if n_images == 3 else
+                       r"3 image placeholder.*\b1\b image.*Fix:"):
+        mm.merge_image_features(input_ids, _NoEmbedding(10, 64), features, tiny.image_token_id,
+                                attention_mask=attention_mask)
+
+
+def test_unprojected_features_are_refused(tiny):
+    input_ids, attention_mask, pixels = _batch(tiny, "right")
+    with torch.no_grad(), pytest.raises(ValueError, match=r"width 128 .* 64\. Fix: .*connector"):
+        mm.merge_image_features(input_ids, _NoEmbedding(10, 64), tiny.image_features(pixels),
+                                tiny.image_token_id, attention_mask=attention_mask)
+
+
+def test_bad_padding_side_is_refused(tiny):
+    input_ids, attention_mask, _ = _batch(tiny, "right")
+    with pytest.raises(ValueError, match="padding_side"):
+        mm.merge_image_features(input_ids, _NoEmbedding(10, 64), [], 0, padding_side="middle")
+
+
+def test_stage1_trains_the_connector_only(tiny):
+    before = {name: p.detach().clone() for name, p in tiny.named_parameters()}
+    losses = mm.train_connector(tiny, steps=2, batch_size=2, seed=0)
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+    changed = {name for name, p in tiny.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {name for name in before if name.startswith("connector.")}
+    trainable = {name for name, p in tiny.named_parameters() if p.requires_grad}
+    assert trainable == changed
+    assert "Total Trainable Parameters: 12,416" in tiny.parameter_log()  # 128*64 + 64 + 64*64 + 64
+
+
+def test_make_shapes_is_deterministic_and_varied():
+    a, b = mm.make_shapes(30, seed=1), mm.make_shapes(30, seed=1)
+    assert [x[1] for x in a] == [x[1] for x in b]
+    assert torch.equal(mm.pixel_values([x[0] for x in a]), mm.pixel_values([x[0] for x in b]))
+    assert [x[1] for x in mm.make_shapes(30, seed=2)] != [x[1] for x in a]
+    assert {x[1]["color"] for x in a} <= set(mm.COLORS) and len({x[1]["shape"] for x in a}) == len(mm.SHAPES)
+    assert a[0][0].size == (64, 64)
+
+
+def test_shipped_weights_match_their_recorded_sha256():
+    assert mm.WEIGHTS_FILE.stat().st_size < 10_000_000
+    recorded = mm.WEIGHTS_FILE.with_suffix(".sha256").read_text().split()
+    assert recorded == [sha256_of(mm.WEIGHTS_FILE), mm.WEIGHTS_FILE.name]
+
+
+def test_tampered_weights_are_refused(tiny, tmp_path):
+    copy = tmp_path / mm.WEIGHTS_FILE.name
+    shutil.copy(mm.WEIGHTS_FILE, copy)
+    shutil.copy(mm.WEIGHTS_FILE.with_suffix(".sha256"), copy.with_suffix(".sha256"))
+    with open(copy, "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x00\x80\x7f")
+    with pytest.raises(ValueError, match="sha256.*Fix"):
+        mm.load_weights(tiny, copy)
+
+
+def test_shipped_model_names_colours_and_shapes():
+    model = mm.load_tinyllava()
+    samples = mm.make_shapes(12, seed=2024)
+    images = [image for image, _ in samples]
+    colours = model.answer(images, mm.QUESTIONS["color"])
+    shapes = model.answer(images, mm.QUESTIONS["shape"])
+    assert sum(c == a["color"] for c, (_, a) in zip(colours, samples)) >= 10, colours
+    assert sum(s == a["shape"] for s, (_, a) in zip(shapes, samples)) >= 10, shapes
