@@ -16,6 +16,7 @@ LAB_ARGS ?=
 # Containers (Docker, some JupyterHubs, CI) often run as root, which JupyterLab refuses by default.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 NOTEBOOKS ?= notebooks/*.ipynb
+TESTS ?= tests
 
 INDEX_FROM := --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple --retries 1
 ifneq ($(WHEELHOUSE),)
@@ -64,7 +65,7 @@ browser:
 	else echo "note: no chromium found, the browser test will be skipped (apt install chromium)"; fi
 
 unit:
-	$(TEST_ENV) $(PY) -m pytest tests
+	$(TEST_ENV) $(PY) -m pytest $(TESTS)
 
 nbval:
 	$(TEST_ENV) $(PY) -m pytest $(NBVAL) $(NOTEBOOKS)
