@@ -135,6 +135,124 @@ def check_token_ids(name: str, answer, expected, tokenizer) -> None:
     print(f"✔ {name}")
 
 
+# --- notebooks 01 and 02 ---
+
+def check_token_count(name: str, answer, text: str, tokenizer) -> None:
+    """Compare a token count with tokenizer(text); say when characters or words were counted instead."""
+    __tracebackhide__ = True  # noqa: F841
+    expected = len(tokenizer(text).input_ids)
+    if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)):
+        raise CheckFailed(f"{name}: expected a whole number, got {type(answer).__name__}: {answer!r}.")
+    if answer != expected:
+        why = {len(text): f"that is the number of characters; tokens are longer pieces, {expected} of them",
+               len(text.split()): f"that is the number of words; the tokenizer makes {expected} tokens"}.get(
+            int(answer), f"len(tokenizer(text).input_ids) is {expected}")
+        raise CheckFailed(f"{name}: you have {answer}, expected {expected}: {why}.")
+    print(f"✔ {name}")
+
+
+def check_reply_cut(name: str, answer, output_ids, n_prompt_tokens: int, tokenizer) -> None:
+    """Compare a reply with the ids after the prompt, decoded without special tokens; name the wrong cut."""
+    __tracebackhide__ = True  # noqa: F841
+    ids = [int(t) for t in torch.as_tensor(output_ids).flatten()]
+    expected = tokenizer.decode(ids[n_prompt_tokens:], skip_special_tokens=True)
+    if not isinstance(answer, str):
+        raise CheckFailed(f"{name}: expected a string, got {type(answer).__name__}: decode the ids with tokenizer.decode.")
+    if answer == expected:
+        print(f"✔ {name}")
+        return
+    specials = [t for t in tokenizer.all_special_tokens if t in answer]
+    if specials:
+        why = f"your reply still holds {specials[0]!r}: decode with skip_special_tokens=True"
+    elif answer and expected.endswith(answer):
+        why = (f"the first {len(expected) - len(answer)} characters of the reply are missing, as when cutting the "
+               "decoded text at the prompt's length: cut the ids at the prompt's token count instead")
+    elif expected and answer.endswith(expected):
+        why = f"your reply starts with {len(answer) - len(expected)} extra characters of the prompt: cut the ids later"
+    elif not answer:
+        why = ("your reply is empty: the cut is past the reply's start, as when cutting the decoded text at the "
+               "prompt string's length; cut the ids at the prompt's token count instead")
+    else:
+        why = first_difference(answer, expected)
+    raise CheckFailed(f"{name}: {why}.")
+
+
+def check_stream_pieces(name: str, pieces, token_ids, tokenizer) -> None:
+    """Streaming decode: one printed piece per token, none with a broken character, all adding up to the text."""
+    __tracebackhide__ = True  # noqa: F841
+    ids = [int(t) for t in torch.as_tensor(token_ids).flatten()]
+    if not isinstance(pieces, (list, tuple)) or not all(isinstance(p, str) for p in pieces):
+        raise CheckFailed(f"{name}: expected a list of strings (one per token), got {type(pieces).__name__}.")
+    for i, piece in enumerate(pieces):
+        if "\ufffd" in piece:
+            raise CheckFailed(f"{name}: piece {i} is {piece!r}: it was printed before its character was complete. "
+                              "Hold the text back while the decoded text so far ends with '\\ufffd'.")
+    if len(pieces) != len(ids):
+        raise CheckFailed(f"{name}: you have {len(pieces)} pieces for {len(ids)} tokens: give one piece per token, "
+                          "'' while a character is still incomplete.")
+    problem = first_difference("".join(pieces), tokenizer.decode(ids))
+    if problem:
+        raise CheckFailed(f"{name}: the pieces joined differ from tokenizer.decode(ids): {problem}.")
+    print(f"✔ {name}")
+
+
+def check_first_correct_position(name: str, answer, logits, input_ids, tokenizer) -> None:
+    """The first position whose top-1 prediction is the token that really came next (position p predicts p + 1)."""
+    __tracebackhide__ = True  # noqa: F841
+    ids = [int(t) for t in torch.as_tensor(input_ids).flatten()]
+    top1 = [int(t) for t in torch.as_tensor(logits).reshape(-1, torch.as_tensor(logits).shape[-1]).argmax(-1)]
+    right = [p for p in range(len(ids) - 1) if top1[p] == ids[p + 1]]
+    expected = right[0] if right else None
+    if answer == expected:
+        print(f"✔ {name}")
+        return
+    if expected is None:
+        raise CheckFailed(f"{name}: no position's top-1 is the next token here, so the answer is None.")
+    if not isinstance(answer, (int, np.integer)) or isinstance(answer, bool) or not 0 <= answer < len(ids):
+        raise CheckFailed(f"{name}: expected a position from 0 to {len(ids) - 1}, got {answer!r}.")
+
+    def token(i: int) -> str:
+        return repr(tokenizer.convert_ids_to_tokens(i))
+
+    if answer == expected + 1:
+        why = (f"position {answer} holds the token that was predicted; the prediction sits one position earlier, "
+               f"at {expected}")
+    elif top1[answer] == ids[answer]:
+        why = (f"at position {answer} the top-1 {token(top1[answer])} equals the input token at {answer} itself; "
+               f"the logits at p predict token p + 1")
+    elif answer > expected:
+        why = (f"position {expected} comes first: its top-1 {token(top1[expected])} is the token that came next")
+    else:
+        why = (f"at position {answer} the top-1 is {token(top1[answer])} but the next token is {token(ids[answer + 1])}")
+    raise CheckFailed(f"{name}: you have {answer}, expected {expected}: {why}.")
+
+
+def check_decode_timing(name: str, ttft, seconds_per_token, timestamps) -> None:
+    """Time to first token and time per later token from timestamps [start, first token, second token, ...]."""
+    __tracebackhide__ = True  # noqa: F841
+    t = [float(x) for x in timestamps]
+    if len(t) < 3:
+        raise ValueError(f"timestamps needs a start and at least two tokens, got {len(t)} values.")
+    expected_ttft, expected_per_token = t[1] - t[0], (t[-1] - t[1]) / (len(t) - 2)
+    for label, value in (("ttft", ttft), ("seconds_per_token", seconds_per_token)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+            raise CheckFailed(f"{name}: {label} must be a number of seconds, got {type(value).__name__}.")
+    if not math.isclose(ttft, expected_ttft, rel_tol=1e-6):
+        why = ("that is the time of the whole run; the first token arrives at timestamps[1]"
+               if math.isclose(ttft, t[-1] - t[0], rel_tol=1e-6) else "it is timestamps[1] - timestamps[0]")
+        raise CheckFailed(f"{name}: ttft is {ttft:.4f} s, expected {expected_ttft:.4f} s: {why}.")
+    if not math.isclose(seconds_per_token, expected_per_token, rel_tol=1e-6):
+        if math.isclose(seconds_per_token, (t[-1] - t[0]) / (len(t) - 1), rel_tol=1e-6):
+            why = "you averaged over every gap, the prefill included: start the average at the first token"
+        elif math.isclose(seconds_per_token, (t[-1] - t[1]) / (len(t) - 1), rel_tol=1e-6):
+            why = f"{len(t) - 2} tokens came after the first one, so divide by {len(t) - 2}"
+        else:
+            why = "average the gaps between tokens after the first one"
+        raise CheckFailed(f"{name}: seconds_per_token is {seconds_per_token:.4f} s, expected "
+                          f"{expected_per_token:.4f} s: {why}.")
+    print(f"✔ {name}")
+
+
 # --- notebook 07 ---
 
 def check_spliced_labels(name: str, answer, expected) -> None:

@@ -1,0 +1,228 @@
+"""Tokens made visible: coloured chips with ids, the chat template by role, a live token viewer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from .display import Rendered, WithFallback, escape
+
+# Shown instead of the invisible characters, so that a space or a newline inside a token can be seen.
+VISIBLE = {" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"}
+# Light backgrounds that alternate from token to token, so that every boundary shows.
+CHIP_COLOURS = ["#dbeafe", "#fde68a", "#bbf7d0", "#fbcfe8", "#ddd6fe"]
+ROLE_COLOURS = {"system": ("#ede9fe", "#6d28d9"), "user": ("#dbeafe", "#1d4ed8"),
+                "assistant": ("#dcfce7", "#15803d"), "other": ("#ffedd5", "#c2410c")}
+DEFAULT_SYSTEM = "system (added by the template)"
+GENERATION_PROMPT = "assistant (generation prompt)"
+
+
+@dataclass
+class Token:
+    """One token as shown: its id, a visible label, and its kind ("text", "special" or "bytes")."""
+
+    id: int
+    label: str
+    kind: str
+
+
+def visible(text: str) -> str:
+    """Text with spaces, newlines, tabs and other control characters replaced by visible marks."""
+    return "".join(VISIBLE.get(c, c if c.isprintable() else f"\\x{ord(c):02x}") for c in text)
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def _is_byte_level(tokenizer) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.decoder).__name__ == "ByteLevel"
+
+
+def as_token_ids(tokenizer, text_or_ids: str | Sequence[int] | torch.Tensor) -> list[int]:
+    """Token ids of a text (as tokenizer(text) gives them) or checked ids; ValueError on bad input."""
+    if isinstance(text_or_ids, str):
+        if not text_or_ids:
+            raise ValueError("The text is empty, so there are no tokens to show. Fix: pass at least one character.")
+        return list(tokenizer(text_or_ids).input_ids)
+    ids = torch.as_tensor(text_or_ids)
+    if ids.dim() == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.dim() != 1:
+        raise ValueError(f"Expected one sequence of token ids, got shape {tuple(ids.shape)}. Fix: pass one row, "
+                         "for example input_ids[0].")
+    if ids.numel() == 0:
+        raise ValueError("The list of token ids is empty. Fix: pass at least one id.")
+    if ids.is_floating_point():
+        raise ValueError("Token ids must be integers, got floats. Fix: pass input_ids, not logits or probabilities.")
+    bad = [int(i) for i in ids if not 0 <= int(i) < len(tokenizer)]
+    if bad:
+        raise ValueError(f"Token id {bad[0]} is outside this tokenizer's vocabulary (ids 0 to {len(tokenizer) - 1}). "
+                         "Fix: pass ids made by this same tokenizer.")
+    return [int(i) for i in ids]
+
+
+def describe_tokens(tokenizer, text_or_ids) -> list[Token]:
+    """Each token's id, visible label and kind; a byte-level piece that is no whole character shows its bytes."""
+    ids = as_token_ids(tokenizer, text_or_ids)
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    byte_level = _is_byte_level(tokenizer)
+    tokens = []
+    for token_id, piece in zip(ids, pieces):
+        if token_id in added and added[token_id].special:
+            tokens.append(Token(token_id, added[token_id].content, "special"))
+            continue
+        if byte_level and all(c in _byte_decoder() for c in piece):
+            raw = bytes(_byte_decoder()[c] for c in piece)
+            try:
+                tokens.append(Token(token_id, visible(raw.decode("utf-8")), "text"))
+            except UnicodeDecodeError:  # part of a character that other tokens complete
+                tokens.append(Token(token_id, "«" + " ".join(f"{b:02x}" for b in raw) + "»", "bytes"))
+            continue
+        text = tokenizer.decode([token_id])
+        whole = "\ufffd" not in text
+        tokens.append(Token(token_id, visible(text) if whole else piece, "text" if whole else "bytes"))
+    return tokens
+
+
+def _chip_html(token: Token, background: str, strong: str) -> str:
+    if token.kind == "special":
+        style = f"background:{strong};color:white;font-weight:bold"
+    elif token.kind == "bytes":
+        style = f"background:{background};border:1px dashed {strong}"
+    else:
+        style = f"background:{background}"
+    return (f"<span title='id {token.id}' style='display:inline-flex;flex-direction:column;align-items:center;"
+            f"margin:1px;padding:0 3px;border-radius:3px;{style}'><span style='white-space:pre'>{escape(token.label)}"
+            f"</span><span style='font-size:0.7em;opacity:0.7'>{token.id}</span></span>")
+
+
+def _chips(tokens: list[Token], colours: list[tuple[str, str]]) -> tuple[str, str]:
+    """HTML chips and their text form; a new line starts after each newline token."""
+    html_parts, text_parts, line = [], [], []
+    for token, (background, strong) in zip(tokens, colours):
+        html_parts.append(_chip_html(token, background, strong))
+        line.append(f"[{token.label} {token.id}]")
+        if token.label.endswith("↵"):
+            html_parts.append("<br>")
+            text_parts.append(" ".join(line))
+            line = []
+    if line:
+        text_parts.append(" ".join(line))
+    html_text = "".join(html_parts)
+    return f"<div style='font-family:monospace;line-height:1.9'>{html_text}</div>", "\n".join(text_parts)
+
+
+def _summary(tokens: list[Token]) -> str:
+    special = sum(t.kind == "special" for t in tokens)
+    return f"{len(tokens)} tokens" + (f", {special} special" if special else "")
+
+
+def show_tokens(tokenizer, text_or_ids) -> Rendered:
+    """Coloured token chips with their ids; spaces (·), newlines (↵) and special tokens are visible."""
+    tokens = describe_tokens(tokenizer, text_or_ids)
+    colours = [(CHIP_COLOURS[i % len(CHIP_COLOURS)], "#374151") for i in range(len(tokens))]
+    chips_html, chips_text = _chips(tokens, colours)
+    summary = _summary(tokens)
+    return Rendered(f"<div><div style='font-size:0.85em;color:#555'>{summary}</div>{chips_html}</div>",
+                    f"{summary}\n{chips_text}")
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _default_system_length(tokenizer, first: dict) -> int:
+    """How many characters the template writes before the first message when it adds a system prompt itself."""
+    if first["role"] == "system":
+        return 0
+    system = {"role": "system", "content": "x"}
+    try:
+        own = len(_render(tokenizer, [system, first])) - len(_render(tokenizer, [system]))
+    except Exception:  # a template that refuses system messages adds none either
+        return 0
+    return max(len(_render(tokenizer, [first])) - own, 0)
+
+
+def chat_segments(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[tuple[str, str]]:
+    """The rendered chat cut into (role, text) pieces: one per message, plus what the template adds."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("messages is empty. Fix: pass a list like [{'role': 'user', 'content': 'Hi'}].")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f"Message {i} is {m!r}. Fix: every message is a dict with a 'role' and a 'content' string.")
+    segments, done = [], ""
+    for i in range(len(messages)):
+        text = _render(tokenizer, list(messages[: i + 1]))
+        if not text.startswith(done):
+            raise ValueError("This chat template rewrites earlier turns when a turn is added, so turns cannot be "
+                             "coloured one by one. Fix: use show_tokens on the rendered text instead.")
+        piece = text[len(done):]
+        if i == 0 and (cut := _default_system_length(tokenizer, messages[0])):
+            segments.append((DEFAULT_SYSTEM, piece[:cut]))
+            piece = piece[cut:]
+        segments.append((messages[i]["role"], piece))
+        done = text
+    if add_generation_prompt:
+        segments.append((GENERATION_PROMPT, _render(tokenizer, list(messages), True)[len(done):]))
+    return [(role, text) for role, text in segments if text]
+
+
+def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool = False) -> Rendered:
+    """The chat template's text, tokenized, with every token coloured by the role it belongs to."""
+    segments = chat_segments(tokenizer, messages, add_generation_prompt)
+    text = "".join(t for _, t in segments)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    tokens = describe_tokens(tokenizer, encoding.input_ids)
+    bounds, end = [], 0
+    for role, piece in segments:
+        end += len(piece)
+        bounds.append((end, role))
+    roles = [next(role for stop, role in bounds if start < stop) for start, _ in encoding.offset_mapping]
+
+    def colour(role: str) -> tuple[str, str]:
+        return ROLE_COLOURS.get(role.split(" ")[0], ROLE_COLOURS["other"])
+
+    blocks_html, blocks_text = [], []
+    i = 0
+    while i < len(tokens):  # consecutive tokens of one role form a block
+        j = i
+        while j < len(tokens) and roles[j] == roles[i]:
+            j += 1
+        role = roles[i]
+        chips_html, chips_text = _chips(tokens[i:j], [colour(role)] * (j - i))
+        background, strong = colour(role)
+        blocks_html.append(f"<div style='margin:4px 0'><div style='font-size:0.8em;color:{strong};font-weight:bold'>"
+                           f"{escape(role)} · {j - i} tokens</div>{chips_html}</div>")
+        blocks_text.append(f"--- {role} · {j - i} tokens\n{chips_text}")
+        i = j
+    summary = _summary(tokens)
+    return Rendered(f"<div><div style='font-size:0.85em;color:#555'>{summary}</div>{''.join(blocks_html)}</div>",
+                    f"{summary}\n" + "\n".join(blocks_text))
+
+
+def token_viewer(tokenizer, text: str = "Hello world! Tokens are not words.") -> WithFallback:
+    """Type text, see its tokens live (a textarea over token chips); the stored output is a snapshot."""
+    import ipywidgets as widgets
+
+    box = widgets.Textarea(value=text, description="text", layout=widgets.Layout(width="95%", height="4em"))
+    box.add_class("wu-token-input")
+    view = widgets.HTML().add_class("wu-token-view")
+
+    def update(value: str) -> None:
+        view.value = show_tokens(tokenizer, value).html if value else "<i>(type some text)</i>"
+
+    box.observe(lambda change: update(change["new"]), names="value")
+    update(text)
+    shown = show_tokens(tokenizer, text) if text else Rendered("<i>(type some text)</i>", "(type some text)")
+    note = "[static picture: run the notebook to type your own text]"
+    snapshot = Rendered(f"<p>{note} text = {escape(repr(text))}</p>{shown.html}", f"{note} text = {text!r}\n{shown.text}")
+    return WithFallback(widgets.VBox([box, view]), snapshot)
