@@ -74,12 +74,12 @@ def _prompt(model, input_ids, max_new_tokens: int, attention_mask) -> tuple[torc
     ids = torch.as_tensor(input_ids)
     if ids.dim() == 1:
         ids = ids[None]
-    if ids.dim() != 2 or ids.is_floating_point():
-        raise ValueError(f"input_ids must be integer token ids of shape [batch, positions], got {tuple(ids.shape)} "
-                         f"{ids.dtype}. Fix: pass tokenizer(text, return_tensors='pt').input_ids.")
     if ids.numel() == 0:
         raise ValueError("The prompt is empty: there is nothing to continue. Fix: pass at least one token, "
                          "for example tokenizer('Once upon a time', return_tensors='pt').input_ids.")
+    if ids.dim() != 2 or ids.is_floating_point():
+        raise ValueError(f"input_ids must be integer token ids of shape [batch, positions], got {tuple(ids.shape)} "
+                         f"{ids.dtype}. Fix: pass tokenizer(text, return_tensors='pt').input_ids.")
     mask = None
     if attention_mask is not None:
         mask = torch.as_tensor(attention_mask).to(ids.device)
