@@ -98,8 +98,9 @@ def test_memory_table_lists_each_length(tiny_llama):
 def test_greedy_step_seconds_one_time_per_token_both_ways(tiny_llama):
     ids = torch.tensor([[5, 6, 7]])
     for use_cache in (True, False):
-        seconds = greedy_step_seconds(tiny_llama, ids, 4, use_cache=use_cache)
-        assert len(seconds) == 4 and all(s > 0 for s in seconds)
+        steps = []
+        seconds = greedy_step_seconds(tiny_llama, ids, 4, use_cache=use_cache, on_step=lambda: steps.append(1))
+        assert len(seconds) == 4 and all(s > 0 for s in seconds) and len(steps) == 4
 
 
 def test_greedy_step_seconds_rejects_bad_input(tiny_llama):

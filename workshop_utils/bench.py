@@ -101,12 +101,8 @@ def measure_cache_speedup(s: BenchSetup) -> list[Figure]:
     """One greedy run with the cache and one re-feeding the whole sequence; total times at each length compared."""
     longest = max(s.cache_lengths)
 
-    def run(use_cache: bool) -> list[float]:
-        seconds = greedy_step_seconds(s.model, s.prompt_ids, longest, use_cache=use_cache)
-        s.tick(longest)
-        return seconds
-
-    cached, uncached = run(True), run(False)
+    cached, uncached = (greedy_step_seconds(s.model, s.prompt_ids, longest, use_cache=use_cache, on_step=s.tick)
+                        for use_cache in (True, False))
     s.results["decode_s_per_token"] = statistics.median(cached[1:]) if longest > 1 else cached[0]
     return [Figure(f"cache_speedup_{n}", f"KV cache speedup, {n} new tokens: time re-feeding the sequence / "
                    "time with the cache", sum(uncached[:n]) / sum(cached[:n]), "x") for n in s.cache_lengths]
@@ -119,8 +115,7 @@ def measure_prefill_decode(s: BenchSetup) -> list[Figure]:
     s.tick(n * (s.repeats + 1))
     if "decode_s_per_token" not in s.results:  # measured by measure_cache_speedup when it ran
         s.results["decode_s_per_token"] = statistics.median(
-            greedy_step_seconds(s.model, s.prompt_ids, 17, use_cache=True)[1:])
-        s.tick(17)
+            greedy_step_seconds(s.model, s.prompt_ids, 17, use_cache=True, on_step=s.tick)[1:])
     decode = 1 / s.results["decode_s_per_token"]
     s.results["decode_tokens_per_s"] = decode
     return [Figure("prefill_tokens_per_s", f"prefill: one pass over a {n}-token prompt", n / seconds, "tokens/s"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,7 +71,8 @@ def memory_table(config, positions: Sequence[int] = (128, 1024, 8192), *, dtype:
 
 
 @torch.inference_mode()
-def greedy_step_seconds(model, input_ids: torch.Tensor, n_tokens: int, *, use_cache: bool) -> list[float]:
+def greedy_step_seconds(model, input_ids: torch.Tensor, n_tokens: int, *, use_cache: bool,
+                        on_step: Callable[[], object] | None = None) -> list[float]:
     """One greedy run; the seconds each new token took (the first includes the prefill), with or without the cache."""
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be at least 1, got {n_tokens}.")
@@ -92,6 +93,8 @@ def greedy_step_seconds(model, input_ids: torch.Tensor, n_tokens: int, *, use_ca
         ids = torch.cat([ids, next_token_id], dim=-1)
         step_input = next_token_id
         seconds.append(time.perf_counter() - start)
+        if on_step is not None:  # outside the timed part (a progress bar, say)
+            on_step()
     return seconds
 
 
