@@ -363,3 +363,58 @@ def test_compare_rejects_output_without_the_prompt(model, tokenizer):
     ids = _ids(tokenizer, PROMPTS[0])
     with pytest.raises(ValueError, match="prompt included"):
         compare_with_generate(model, ids, ids[:, 1:], max_new_tokens=2)
+
+
+# --- the exercise checks of notebook 03 ---
+
+def test_check_filter_accepts_the_reference_and_names_the_row():
+    from transformers.generation.logits_process import MinPLogitsWarper
+
+    from workshop_utils.checks import CheckFailed, check_filter
+
+    def reference(scores):
+        return MinPLogitsWarper(min_p=0.1)(None, scores)
+
+    def right(scores):
+        probs = scores.softmax(-1)
+        return scores.masked_fill(probs < 0.1 * probs.max(-1, keepdim=True).values, float("-inf"))
+
+    check_filter("min-p", right, reference, "min-p = 0.1")
+    with pytest.raises(CheckFailed, match=r"row 0: you kept \d+ tokens, min-p = 0.1 keeps \d+"):
+        check_filter("min-p", lambda s: top_k_filter(s, 3), reference, "min-p = 0.1")
+    with pytest.raises(CheckFailed, match="probabilities"):
+        check_filter("min-p", lambda s: right(s).softmax(-1), reference, "min-p = 0.1")
+    with pytest.raises(CheckFailed, match="logits changed"):
+        check_filter("min-p", lambda s: right(s) * 2, reference, "min-p = 0.1")
+
+
+def test_check_kept_count_explains_the_mistakes():
+    from workshop_utils.checks import CheckFailed, check_kept_count
+
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(0)) * 2
+    right = int(torch.isfinite(top_p_filter(apply_temperature(logits, 0.7), 0.9)).sum())
+    check_kept_count("kept", right, logits, 0.7, 0.9)
+    no_temperature = int(torch.isfinite(top_p_filter(logits, 0.9)).sum())
+    assert no_temperature != right
+    with pytest.raises(CheckFailed, match="temperature 1"):
+        check_kept_count("kept", no_temperature, logits, 0.7, 0.9)
+    with pytest.raises(CheckFailed, match="one token early"):
+        check_kept_count("kept", right - 1, logits, 0.7, 0.9)
+    with pytest.raises(CheckFailed, match="whole number"):
+        check_kept_count("kept", "12", logits, 0.7, 0.9)
+
+
+def test_check_reproduces_sampling_spots_the_hidden_top_k(model, tokenizer):
+    from workshop_utils.checks import CheckFailed, check_reproduces_sampling
+
+    ids = _ids(tokenizer, PROMPTS[0])
+    kwargs = {"seed": 0, "temperature": 1.0, "max_new_tokens": 12, "tokenizer": tokenizer}
+    right = _seeded_generate(model, 0, input_ids=ids, max_new_tokens=12, top_k=0)
+    check_reproduces_sampling("ex", right, model, ids, **kwargs)
+    plain = _seeded_generate(model, 0, input_ids=ids, max_new_tokens=12)
+    assert not torch.equal(plain, right), "seed 0 parts within 12 tokens on this prompt"
+    with pytest.raises(CheckFailed, match="top_k=0"):
+        check_reproduces_sampling("ex", plain, model, ids, **kwargs)
+    with pytest.raises(CheckFailed, match="position"):
+        check_reproduces_sampling("ex", _seeded_generate(model, 1, input_ids=ids, max_new_tokens=12, top_k=0),
+                                  model, ids, **kwargs)
