@@ -253,6 +253,197 @@ def check_decode_timing(name: str, ttft, seconds_per_token, timestamps) -> None:
     print(f"✔ {name}")
 
 
+# --- notebook 03 ---
+
+def _filter_test_logits() -> torch.Tensor:
+    """Rows a filter must handle: spread-out scores, many ties, one near-certain token, removed (-inf) tokens."""
+    g = torch.Generator().manual_seed(3)
+    spread = torch.randn(3, 200, generator=g) * 3
+    ties = torch.randint(-3, 3, (2, 200), generator=g).float()
+    certain = torch.full((1, 200), -10.0)
+    certain[0, 17] = 15.0
+    rows = torch.cat([spread, ties, certain])
+    rows[0, :20] = float("-inf")
+    return rows
+
+
+def check_filter(name: str, answer_fn, reference_fn, setting: str) -> None:
+    """Run a learner's logits filter and a reference on test rows; name the first row that keeps other tokens."""
+    __tracebackhide__ = True  # noqa: F841
+    logits = _filter_test_logits()
+    expected = reference_fn(logits.clone())
+    try:
+        answer = answer_fn(logits.clone())
+    except Exception as error:  # the learner's code: say which input broke it
+        raise CheckFailed(f"{name}: your filter raised {type(error).__name__}: {error} on logits of shape "
+                          f"{tuple(logits.shape)} (one row per example, the vocabulary on the last axis).") from error
+    answer = torch.as_tensor(answer)
+    if tuple(answer.shape) != tuple(logits.shape):
+        raise CheckFailed(f"{name}: you returned shape {tuple(answer.shape)}, expected {tuple(logits.shape)}: "
+                          "return the logits with the removed tokens set to -inf, same shape.")
+    if answer.is_floating_point() and torch.allclose(answer.nan_to_num(0).sum(-1), torch.ones(len(answer)), atol=1e-4):
+        raise CheckFailed(f"{name}: you returned probabilities (each row sums to 1); return logits with the removed "
+                          "tokens set to -inf, and leave the softmax to the sampler.")
+    for row in range(len(logits)):
+        have, want = torch.isfinite(answer[row]), torch.isfinite(expected[row])
+        if not torch.equal(have, want):
+            extra = (have & ~want).nonzero().flatten().tolist()
+            missing = (want & ~have).nonzero().flatten().tolist()
+            detail = (f"token {extra[0]} should be removed" if extra else f"token {missing[0]} should be kept")
+            raise CheckFailed(f"{name}: row {row}: you kept {int(have.sum())} tokens, {setting} keeps "
+                              f"{int(want.sum())} ({detail}).")
+        if not torch.equal(answer[row][want], expected[row][want]):
+            raise CheckFailed(f"{name}: row {row}: the kept tokens' logits changed; a filter only sets the removed "
+                              "tokens to -inf and leaves the others as they are.")
+    print(f"✔ {name}")
+
+
+def check_kept_count(name: str, answer, logits, temperature: float, top_p: float) -> None:
+    """How many tokens top-p keeps at a temperature; say which step was skipped or done in the wrong order."""
+    __tracebackhide__ = True  # noqa: F841
+    from .generation import apply_temperature, top_p_filter
+
+    logits = torch.as_tensor(logits).float().flatten()
+
+    def kept(scores) -> int:
+        return int(torch.isfinite(top_p_filter(scores, top_p)).sum())
+
+    expected = kept(apply_temperature(logits, temperature))
+    if isinstance(answer, torch.Tensor) and answer.numel() == 1:
+        answer = int(answer)
+    if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)):
+        raise CheckFailed(f"{name}: expected a whole number of tokens, got {type(answer).__name__}: {answer!r}.")
+    if answer == expected:
+        print(f"✔ {name}")
+        return
+    probs = apply_temperature(logits, temperature).softmax(-1).sort(descending=True).values
+    below = int((probs.cumsum(-1) < top_p).sum())  # tokens strictly before the mass reaches top_p
+    if answer == kept(logits):
+        why = f"that is the count at temperature 1: divide the logits by {temperature} before top-p"
+    elif answer == below:
+        why = ("you stopped one token early: top-p keeps the token that carries the total past p too, so that "
+               "the kept probability is at least p")
+    elif answer == logits.numel():
+        why = "that is the whole vocabulary: count only the tokens whose logit is still finite after the filter"
+    else:
+        why = "apply the temperature, then keep the likeliest tokens until their probability adds up to top_p"
+    raise CheckFailed(f"{name}: you have {answer}, expected {expected}: {why}.")
+
+
+def check_reproduces_sampling(name: str, answer, model, input_ids, *, seed: int, temperature: float,
+                              max_new_tokens: int, tokenizer) -> None:
+    """Does answer (from generate) equal our seeded sampling with every token allowed? Spot the top_k=50 default."""
+    __tracebackhide__ = True  # noqa: F841
+    from .generation import sample_generate
+
+    expected = sample_generate(model, input_ids, max_new_tokens, temperature=temperature, seed=seed)
+    a = torch.as_tensor(answer).to(expected.device)
+    if a.shape == expected.shape and torch.equal(a, expected):
+        print(f"✔ {name}")
+        return
+    with_50 = sample_generate(model, input_ids, max_new_tokens, temperature=temperature, top_k=50, seed=seed)
+    if a.shape == with_50.shape and torch.equal(a, with_50):
+        raise CheckFailed(f"{name}: your call sampled from the 50 likeliest tokens only: generate fell back to "
+                          "generation_config's default top_k=50. Pass top_k=0 to turn it off.")
+    unseeded = a.shape == expected.shape and torch.equal(a[:, :input_ids.shape[-1]], expected[:, :input_ids.shape[-1]])
+    hint = (f" Call torch.manual_seed({seed}) right before generate, with do_sample=True and "
+            f"temperature={temperature}." if unseeded else "")
+    a_list, e_list = [int(t) for t in a.flatten()], [int(t) for t in expected.flatten()]
+    for i, (x, y) in enumerate(zip(a_list, e_list)):
+        if x != y:
+            raise CheckFailed(f"{name}: position {i} differs: you have {x} {tokenizer.convert_ids_to_tokens(x)!r}, "
+                              f"expected {y} {tokenizer.convert_ids_to_tokens(y)!r}.{hint}")
+    raise CheckFailed(f"{name}: you have {len(a_list)} tokens, expected {len(e_list)}: ask for "
+                      f"max_new_tokens={max_new_tokens}.{hint}")
+
+
+# --- notebook 04 ---
+
+def check_positions_fed(name: str, without_cache, with_cache, prompt_tokens: int, new_tokens: int) -> None:
+    """Positions fed to the model to write new_tokens tokens: re-feeding everything against reading the cache."""
+    __tracebackhide__ = True  # noqa: F841
+    p, n = prompt_tokens, new_tokens
+    expected_without = n * p + n * (n - 1) // 2  # step i feeds the prompt and the i tokens written so far
+    expected_with = p + n - 1  # the prompt once, then one position per later step
+    for label, value in (("without_cache", without_cache), ("with_cache", with_cache)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise CheckFailed(f"{name}: {label} must be a whole number of positions, got {type(value).__name__}: "
+                              f"{value!r}.")
+    if without_cache != expected_without:
+        why = {n * (p + n): "you counted the last new token as fed, but it is only chosen, never fed back: step i "
+                            f"feeds {p} + i positions, for i = 0 to {n - 1}",
+               n * p + n * (n + 1) // 2: f"one token too many per step: the first step feeds the {p} prompt tokens "
+                                         "alone",
+               n * p: "the sequence grows: step i feeds the prompt and the i tokens already written",
+               p + n: "that is the final length; without the cache every step feeds the whole sequence so far"}.get(
+            int(without_cache), f"add up {p} + i over the steps i = 0 to {n - 1}")
+        raise CheckFailed(f"{name}: without_cache is {without_cache}, expected {expected_without}: {why}.")
+    if with_cache != expected_with:
+        why = {p + n: "the last new token is chosen but never fed back",
+               n: f"the first step feeds the whole prompt ({p} positions), then one position per step",
+               expected_without: "with the cache each step after the first feeds one position only"}.get(
+            int(with_cache), f"the prompt once ({p}), then one position for each of the {n - 1} later steps")
+        raise CheckFailed(f"{name}: with_cache is {with_cache}, expected {expected_with}: {why}.")
+    print(f"✔ {name}")
+
+
+def check_cache_mib(name: str, answer, config, positions: int, *, batch_size: int = 1,
+                    dtype: torch.dtype = torch.float32) -> None:
+    """A KV cache's size in MiB from a config; recognise a missing factor (keys and values, kv-heads, batch, bytes)."""
+    __tracebackhide__ = True  # noqa: F841
+    from .kv_cache import head_dim, kv_cache_bytes, kv_heads
+
+    if isinstance(answer, bool) or not isinstance(answer, (int, float, np.number)):
+        raise CheckFailed(f"{name}: expected a number of MiB, got {type(answer).__name__}: {answer!r}.")
+    mib = 2 ** 20
+    right = kv_cache_bytes(config, positions, batch_size=batch_size, dtype=dtype)
+    value = float(answer)
+    if math.isclose(value, right / mib, rel_tol=1e-6):
+        print(f"✔ {name}")
+        return
+    element = torch.empty((), dtype=dtype).element_size()
+    query_heads = int(config.num_attention_heads)
+    mistakes = [  # (what the answer would be, in MiB, with that mistake; what went wrong)
+        (right / 2 / mib, "you counted the keys only: every layer stores keys and values (x 2)"),
+        (right * query_heads / kv_heads(config) / mib, f"you used the {query_heads} query heads; the cache holds "
+                                                       f"the {kv_heads(config)} key/value heads only (grouped-query "
+                                                       "attention)"),
+        (right / batch_size / mib, f"the cache holds one copy per sequence of the batch (x {batch_size})"),
+        (right / element * 4 / mib, f"an element of {dtype} takes {element} bytes, not 4"),
+        (right / element / mib, f"multiply by the {element} bytes of each element"),
+        (right / head_dim(config) / mib, f"each head stores head_dim = {head_dim(config)} numbers per position"),
+        (right / config.num_hidden_layers / mib, f"every one of the {config.num_hidden_layers} layers has its own "
+                                                 "cache"),
+        (right, "that is bytes: divide by 2**20 for MiB"),
+        (right / 1e6, "that is MB (10**6 bytes): divide by 2**20 for MiB"),
+    ]
+    for wrong, hint in mistakes:
+        if not math.isclose(wrong, right / mib, rel_tol=1e-9) and math.isclose(value, wrong, rel_tol=1e-6):
+            raise CheckFailed(f"{name}: you have {value:.2f}, expected {right / mib:.2f} MiB: {hint}.")
+    raise CheckFailed(f"{name}: you have {value:.2f}, expected {right / mib:.2f} MiB: layers x 2 x kv-heads x "
+                      f"head_dim x positions x bytes per element x batch, divided by 2**20.")
+
+
+def check_cached_loop(name: str, sequence, past_key_values, expected, tokenizer) -> None:
+    """A hand-written cached loop: its cache holds each fed position once, and its tokens equal the reference."""
+    __tracebackhide__ = True  # noqa: F841
+    ids = torch.as_tensor(sequence)
+    if ids.dim() != 2:
+        raise CheckFailed(f"{name}: sequence must be [batch, positions], got shape {tuple(ids.shape)}.")
+    if not hasattr(past_key_values, "get_seq_length"):
+        raise CheckFailed(f"{name}: past_key_values must be the cache your loop used (a DynamicCache), got "
+                          f"{type(past_key_values).__name__}.")
+    cached, fed = past_key_values.get_seq_length(), ids.shape[1] - 1  # the last chosen token is never fed
+    if cached > fed:
+        raise CheckFailed(f"{name}: the cache holds {cached} positions for a sequence of {ids.shape[1]} tokens "
+                          f"(expected {fed}): you fed positions the cache already had. With past_key_values, "
+                          "feed only the newest token, next_token_id, shape [1, 1].")
+    if cached < fed:
+        raise CheckFailed(f"{name}: the cache holds {cached} positions, expected {fed}: pass the same "
+                          "past_key_values (or out.past_key_values) to every step, with use_cache=True.")
+    check_token_ids(name, ids, expected, tokenizer)
+
+
 # --- notebook 05 ---
 
 def check_replies(name: str, answer: Sequence[str], expected: Sequence[str], eos_token: str = "<|im_end|>") -> None:

@@ -1,0 +1,298 @@
+"""Reference generation loops equal to model.generate: greedy, sampling and its filters, and a comparison."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .models import context_length
+
+__all__ = ["apply_temperature", "top_k_filter", "top_p_filter", "greedy_generate", "sample_generate",
+           "compare_with_generate", "Comparison"]
+
+
+# --- the sampling filters (same results as transformers' warpers, min_tokens_to_keep=1) ---
+
+def _check_temperature(t: float | None) -> None:
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+        raise ValueError(f"temperature must be a number above 0, got {t!r}. Fix: for the most likely token at every "
+                         "step use greedy decoding (greedy_generate, or generate(do_sample=False)); otherwise pass "
+                         "a small positive temperature such as 0.7.")
+
+
+def _check_top_k(k: int | None) -> None:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"top_k must be a whole number of at least 1, got {k!r}. Fix: top_k=50 keeps the 50 likeliest "
+                         "tokens; top_k=None turns the filter off.")
+
+
+def _check_top_p(p: float | None) -> None:
+    if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {p!r}. Fix: top_p=0.9 keeps the likeliest tokens that make up "
+                         "90% of the probability; top_p=None (or 1.0) turns the filter off.")
+
+
+def apply_temperature(logits: torch.Tensor, t: float | None) -> torch.Tensor:
+    """Divide the logits by the temperature t (None leaves them as they are)."""
+    _check_temperature(t)
+    return logits if t is None else logits / t
+
+
+def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Set every logit below the k-th largest to -inf (ties with the k-th are kept; None keeps all)."""
+    _check_top_k(k)
+    if k is None:
+        return logits
+    kth = torch.topk(logits, min(k, logits.shape[-1])).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
+    """Keep the smallest set of likeliest tokens whose probability adds up to more than p (at least one; None keeps all)."""
+    _check_top_p(p)
+    if p is None:
+        return logits
+    # Sorted from least to most likely, as TopPLogitsWarper does, so that ties are broken the same way.
+    sorted_logits, sorted_ids = torch.sort(logits, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cumulative <= 1 - p
+    remove_sorted[..., -1:] = False  # the likeliest token always stays
+    remove = remove_sorted.scatter(-1, sorted_ids, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+# --- the loops ---
+
+def _prompt(model, input_ids, max_new_tokens: int, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Checked 2-D input_ids and attention_mask; every ValueError comes before any forward pass."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}. "
+                         "Fix: max_new_tokens=20 writes up to 20 new tokens.")
+    ids = torch.as_tensor(input_ids)
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.numel() == 0:
+        raise ValueError("The prompt is empty: there is nothing to continue. Fix: pass at least one token, "
+                         "for example tokenizer('Once upon a time', return_tensors='pt').input_ids.")
+    if ids.dim() != 2 or ids.is_floating_point():
+        raise ValueError(f"input_ids must be integer token ids of shape [batch, positions], got {tuple(ids.shape)} "
+                         f"{ids.dtype}. Fix: pass tokenizer(text, return_tensors='pt').input_ids.")
+    mask = None
+    if attention_mask is not None:
+        mask = torch.as_tensor(attention_mask).to(ids.device)
+        mask = mask[None] if mask.dim() == 1 else mask
+        if tuple(mask.shape) != tuple(ids.shape):
+            raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but input_ids has {tuple(ids.shape)}. "
+                             "Fix: pass the attention_mask the tokenizer returned with these input_ids.")
+        empty = (mask.sum(-1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"The prompt of row {empty[0]} is empty (its attention_mask is all 0). "
+                             "Fix: give every row at least one token.")
+    limit = context_length(model)
+    if limit is not None and ids.shape[1] + max_new_tokens > limit:
+        raise ValueError(f"The prompt ({ids.shape[1]} tokens) plus max_new_tokens={max_new_tokens} is "
+                         f"{ids.shape[1] + max_new_tokens} positions, beyond the model's context of {limit}. "
+                         f"Fix: use max_new_tokens <= {max(limit - ids.shape[1], 0)} or a shorter prompt.")
+    return ids.to(model.device), mask
+
+
+def _eos_ids(model, eos_token_id: int | Sequence[int] | None) -> list[int]:
+    if eos_token_id is None:
+        eos_token_id = model.generation_config.eos_token_id
+    if eos_token_id is None:
+        return []
+    return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(i) for i in eos_token_id]
+
+
+def _pad_id(model, eos: list[int]) -> int | None:
+    pad = model.generation_config.pad_token_id
+    return int(pad) if pad is not None else (eos[0] if eos else None)  # generate falls back to the first EOS
+
+
+def _forward_extras(model) -> dict:
+    # generate asks for the last position's logits only when the model allows it (same numbers, less work).
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+@torch.inference_mode()
+def _loop(model, input_ids, mask, max_new_tokens: int, use_cache: bool, eos: list[int],
+          pick: Callable[[torch.Tensor], torch.Tensor]) -> torch.LongTensor:
+    """The autoregressive loop shared by greedy and sampling: forward, last position, pick, append, stop."""
+    from transformers import DynamicCache
+
+    pad = _pad_id(model, eos)
+    full_mask = torch.ones_like(input_ids) if mask is None else mask.to(input_ids.device).long()
+    # Like generate: a mask of all ones is dropped (no padding), which lets attention use its causal fast path.
+    keep_mask = not bool(full_mask.all())
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True)) if use_cache else None
+    extras = _forward_extras(model)
+    sequence = input_ids
+    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for step in range(max_new_tokens):
+        # Left padding: each row counts positions from its first real token, as generate does.
+        position_ids = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
+        fed = sequence[:, -1:] if use_cache and step > 0 else sequence
+        outputs = model(input_ids=fed, attention_mask=full_mask if keep_mask else None,
+                        position_ids=position_ids[:, -fed.shape[1]:], past_key_values=cache,
+                        use_cache=use_cache, **extras)
+        if use_cache:
+            cache = outputs.past_key_values
+        logits = outputs.logits[:, -1].float()
+        next_ids = pick(logits)
+        if eos:
+            next_ids = torch.where(unfinished, next_ids, torch.full_like(next_ids, pad))  # finished rows get padding
+        sequence = torch.cat([sequence, next_ids[:, None]], dim=-1)
+        full_mask = torch.cat([full_mask, full_mask.new_ones((full_mask.shape[0], 1))], dim=-1)
+        if eos:
+            unfinished &= ~torch.isin(next_ids, torch.tensor(eos, device=next_ids.device))
+            if not unfinished.any():
+                break
+    return sequence
+
+
+def greedy_generate(model, input_ids, max_new_tokens: int, *, attention_mask=None, use_cache: bool = True,
+                    eos_token_id: int | Sequence[int] | None = None) -> torch.LongTensor:
+    """Prompt plus up to max_new_tokens argmax tokens, equal to model.generate(..., do_sample=False)."""
+    ids, mask = _prompt(model, input_ids, max_new_tokens, attention_mask)
+    return _loop(model, ids, mask, max_new_tokens, use_cache, _eos_ids(model, eos_token_id),
+                 lambda logits: logits.argmax(-1))
+
+
+def warp(logits: torch.Tensor, temperature: float | None = 1.0, top_k: int | None = None,
+         top_p: float | None = None) -> torch.Tensor:
+    """Temperature, then top-k, then top-p: the order generate applies them in."""
+    if temperature is not None and temperature != 1.0:
+        logits = apply_temperature(logits, temperature)
+    logits = top_k_filter(logits, top_k)
+    return top_p_filter(logits, top_p) if top_p is not None and top_p < 1.0 else logits
+
+
+def sample_generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None, seed: int | None = None, attention_mask=None,
+                    use_cache: bool = True, eos_token_id: int | Sequence[int] | None = None) -> torch.LongTensor:
+    """Seeded sampling equal to torch.manual_seed(seed) then generate(do_sample=True, ...); top_k=None is top_k=0 there."""
+    _check_temperature(temperature)
+    _check_top_k(top_k)
+    _check_top_p(top_p)
+    ids, mask = _prompt(model, input_ids, max_new_tokens, attention_mask)
+    if seed is not None:
+        torch.manual_seed(seed)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        probs = warp(logits, temperature, top_k, top_p).softmax(-1)
+        return torch.multinomial(probs, num_samples=1).squeeze(1)  # one draw per row, as generate does
+
+    return _loop(model, ids, mask, max_new_tokens, use_cache, _eos_ids(model, eos_token_id), pick)
+
+
+# --- comparing with generate ---
+
+@dataclass
+class Comparison:
+    """Ours against generate: equal or not, where they first differ, and how far the logits were apart."""
+
+    equal: bool
+    row: int | None  # the first row that differs
+    position: int | None  # index in the sequence (prompt included) of the first difference
+    new_token_index: int | None  # the same, counted from the first new token
+    ours_token: int | None  # None: our sequence had already ended there
+    generate_token: int | None
+    max_logit_diff: float  # generate's logits against a forward pass over our tokens, up to the difference
+    gap_at_difference: float | None  # generate's logit of its token minus that of ours, where they differ
+    ours_label: str | None = None
+    generate_label: str | None = None
+    generate_ids: torch.Tensor | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        if self.equal:
+            return (f"equal to generate, token for token ({self.generate_ids.shape[0]} row(s), "
+                    f"{self.generate_ids.shape[1]} positions); largest logit difference {self.max_logit_diff:.2e}")
+
+        def name(token, label):
+            return "(ended)" if token is None else f"{token}" + (f" {label!r}" if label is not None else "")
+
+        lines = [f"differs from generate at row {self.row}, position {self.position} "
+                 f"(new token {self.new_token_index}): ours {name(self.ours_token, self.ours_label)}, "
+                 f"generate {name(self.generate_token, self.generate_label)}",
+                 f"largest logit difference up to there: {self.max_logit_diff:.2e}"]
+        if self.gap_at_difference is not None:
+            lines.append(f"generate's logit gap between the two tokens there: {self.gap_at_difference:.2e}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(str(self))
+
+
+def _first_difference(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[int, int] | None:
+    """(row, position) of the first difference, row by row; a longer sequence differs where the shorter ended."""
+    width = min(ours.shape[1], theirs.shape[1])
+    for row in range(ours.shape[0]):
+        diff = (ours[row, :width] != theirs[row, :width]).nonzero()
+        if len(diff):
+            return row, int(diff[0])
+        if ours.shape[1] != theirs.shape[1]:
+            return row, width
+    return None
+
+
+@torch.inference_mode()
+def compare_with_generate(model, input_ids, ours, **generate_kwargs) -> Comparison:
+    """Run model.generate(input_ids, **generate_kwargs) and compare with our output ids, token by token.
+
+    Two extra keywords are taken out before calling generate: seed (torch.manual_seed(seed) just before
+    generate, for sampling) and tokenizer (to show the differing tokens as text).
+    """
+    seed = generate_kwargs.pop("seed", None)
+    tokenizer = generate_kwargs.pop("tokenizer", None)
+    if "stop_strings" in generate_kwargs:
+        generate_kwargs["tokenizer"] = tokenizer
+    ids = torch.as_tensor(input_ids)
+    ids = (ids[None] if ids.dim() == 1 else ids).to(model.device)
+    ours = torch.as_tensor(ours)
+    ours = (ours[None] if ours.dim() == 1 else ours).to(model.device)
+    if ours.shape[0] != ids.shape[0] or ours.shape[1] < ids.shape[1] or not torch.equal(ours[:, :ids.shape[1]], ids):
+        raise ValueError(f"ours (shape {tuple(ours.shape)}) must start with the prompt (shape {tuple(ids.shape)}), "
+                         "as generate's output does. Fix: pass the full output of your loop, prompt included.")
+    if seed is not None:
+        torch.manual_seed(seed)
+    out = model.generate(ids, return_dict_in_generate=True, output_logits=True, **generate_kwargs)
+    theirs, step_logits = out.sequences, torch.stack(out.logits, dim=1).float()  # [batch, steps, vocab]
+    found = _first_difference(ours, theirs)
+    prompt_len = ids.shape[1]
+
+    # Logits of one forward pass over our tokens, to set against generate's at each step up to the difference.
+    last_step = step_logits.shape[1] - 1 if found is None else min(found[1] - prompt_len, step_logits.shape[1] - 1)
+    end = min(prompt_len + last_step, ours.shape[1])
+    mask = generate_kwargs.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask).to(ids.device).long()
+    mask = torch.cat([mask, mask.new_ones((mask.shape[0], end - prompt_len))], dim=-1)
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    steps = end - prompt_len + 1  # positions prompt_len-1 .. end-1 predict the new tokens 0 .. end-prompt_len
+    keep = {"logits_to_keep": steps} if _forward_extras(model) else {}
+    ours_logits = model(input_ids=ours[:, :end], attention_mask=mask, position_ids=position_ids,
+                        **keep).logits.float()[:, -steps:]
+    theirs_logits = step_logits[:, :steps]
+    finite = torch.isfinite(ours_logits) & torch.isfinite(theirs_logits)
+    max_diff = float((ours_logits - theirs_logits).abs().where(finite, 0).max()) if steps > 0 else 0.0
+
+    if found is None:
+        return Comparison(True, None, None, None, None, None, max_diff, None, generate_ids=theirs)
+    row, position = found
+    ours_token = int(ours[row, position]) if position < ours.shape[1] else None
+    their_token = int(theirs[row, position]) if position < theirs.shape[1] else None
+    gap = None
+    step = position - prompt_len
+    if ours_token is not None and their_token is not None and step < step_logits.shape[1]:
+        gap = float(step_logits[row, step, their_token] - step_logits[row, step, ours_token])
+
+    def label(token):
+        return None if tokenizer is None or token is None else tokenizer.decode([token])
+
+    return Comparison(False, row, position, step, ours_token, their_token, max_diff, gap,
+                      label(ours_token), label(their_token), theirs)

@@ -1,0 +1,159 @@
+"""The KV cache in numbers: its size by formula and as measured, what grouped-query attention saves, step times."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .display import Rendered, progress, table
+from .timing import median_seconds
+
+
+def head_dim(config) -> int:
+    """The size of one attention head: config.head_dim, else hidden_size // num_attention_heads."""
+    value = getattr(config, "head_dim", None)
+    return int(value) if value else config.hidden_size // config.num_attention_heads
+
+
+def kv_heads(config) -> int:
+    """The number of key/value heads (num_key_value_heads; without it, one per query head)."""
+    value = getattr(config, "num_key_value_heads", None)
+    return int(value) if value else int(config.num_attention_heads)
+
+
+def kv_cache_bytes(config, positions: int, *, batch_size: int = 1, dtype: torch.dtype = torch.float32,
+                   n_kv_heads: int | None = None) -> int:
+    """Bytes of a full KV cache: layers x 2 (keys, values) x kv-heads x head-dim x positions x bytes x batch."""
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 0:
+        raise ValueError(f"positions must be a whole number >= 0, got {positions!r}. Fix: for example 1024.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}.")
+    heads = kv_heads(config) if n_kv_heads is None else n_kv_heads
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"n_kv_heads must be a whole number >= 1, got {heads!r}.")
+    element = torch.empty((), dtype=dtype).element_size()
+    return config.num_hidden_layers * 2 * heads * head_dim(config) * positions * element * batch_size
+
+
+def measured_cache_bytes(cache) -> int:
+    """Bytes held by a DynamicCache's own tensors: the keys and values of every layer (cache.layers[i])."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise ValueError(f"expected a transformers Cache with .layers (e.g. a DynamicCache), got {type(cache).__name__}. "
+                         "Fix: pass out.past_key_values from a forward pass with use_cache=True.")
+    total = 0
+    for layer in layers:
+        for tensor in (layer.keys, layer.values):
+            if tensor is not None:
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def gqa_saving(config) -> float:
+    """How many times smaller the cache is with grouped-query attention: query heads / kv-heads (9 / 3 = 3)."""
+    return config.num_attention_heads / kv_heads(config)
+
+
+def memory_table(config, positions: Sequence[int] = (128, 1024, 8192), *, dtype: torch.dtype = torch.float32) -> Rendered:
+    """The cache's size by the formula at several lengths, with GQA and as it would be with one kv-head per query head."""
+    rows = []
+    for n in positions:
+        gqa = kv_cache_bytes(config, n, dtype=dtype)
+        full = kv_cache_bytes(config, n, dtype=dtype, n_kv_heads=int(config.num_attention_heads))
+        rows.append((f"{n:,}", f"{gqa / 2**20:.1f}", f"{full / 2**20:.1f}", f"{(full - gqa) / 2**20:.1f}"))
+    return table(["positions", f"cache MiB ({kv_heads(config)} kv-heads)",
+                  f"MiB with {config.num_attention_heads} kv-heads", "MiB saved"], rows)
+
+
+@torch.inference_mode()
+def greedy_step_seconds(model, input_ids: torch.Tensor, n_tokens: int, *, use_cache: bool,
+                        on_step: Callable[[], object] | None = None) -> list[float]:
+    """One greedy run; the seconds each new token took (the first includes the prefill), with or without the cache."""
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}.")
+    ids = input_ids.reshape(1, -1).to(model.device)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and ids.shape[1] + n_tokens > limit:
+        raise ValueError(f"{ids.shape[1]} prompt tokens + {n_tokens} new ones exceed the context of {limit}. "
+                         f"Fix: ask for at most {limit - ids.shape[1]} new tokens.")
+    seconds, past_key_values, step_input = [], None, ids
+    for _ in range(n_tokens):
+        start = time.perf_counter()
+        if use_cache:  # feed only the new position; earlier keys and values come from the cache
+            out = model(step_input, past_key_values=past_key_values, use_cache=True, logits_to_keep=1)
+            past_key_values = out.past_key_values
+        else:  # re-feed the whole sequence every step
+            out = model(ids, use_cache=False, logits_to_keep=1)
+        next_token_id = out.logits[:, -1:].argmax(dim=-1)
+        ids = torch.cat([ids, next_token_id], dim=-1)
+        step_input = next_token_id
+        seconds.append(time.perf_counter() - start)
+        if on_step is not None:  # outside the timed part (a progress bar, say)
+            on_step()
+    return seconds
+
+
+@dataclass
+class StepPoint:
+    """Time of one decoding step at one sequence length, re-feeding everything against reading the cache."""
+
+    positions: int  # tokens already in the sequence when the step starts
+    uncached_s: float  # one pass over all those positions
+    cached_s: float  # one pass over the newest position, the rest read from the cache
+
+    @property
+    def speedup(self) -> float:
+        return self.uncached_s / self.cached_s
+
+
+@torch.inference_mode()
+def step_seconds_sweep(model, input_ids: torch.Tensor, lengths: Sequence[int] = (16, 64, 256), *,
+                       repeats: int = 3) -> list[StepPoint]:
+    """Median time of one new token at each sequence length, without the cache (all positions) and with it (one)."""
+    lengths = list(lengths)
+    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in lengths):
+        raise ValueError(f"lengths must be whole numbers >= 2, got {lengths}. Fix: for example (16, 64, 256).")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}.")
+    if max(lengths) > input_ids.shape[-1]:
+        raise ValueError(f"The longest length is {max(lengths)} but input_ids holds {input_ids.shape[-1]} tokens. "
+                         f"Fix: pass a longer prompt, e.g. passage_ids(tokenizer, {max(lengths)}).")
+    ids = input_ids.reshape(1, -1).to(model.device)
+    points = []
+    for n in progress(lengths, desc="with and without the cache"):
+        uncached = median_seconds(lambda: model(ids[:, :n], use_cache=False, logits_to_keep=1), repeats=repeats)
+        cache = model(ids[:, : n - 1], use_cache=True, logits_to_keep=1).past_key_values
+
+        def cached_step():
+            model(ids[:, n - 1: n], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.crop(-1)  # drop the position just added (v5: a negative count), so every repeat sees the same cache
+
+        points.append(StepPoint(n, uncached, median_seconds(cached_step, repeats=repeats)))
+    return points
+
+
+def step_table(points: Sequence[StepPoint]) -> Rendered:
+    """The sweep as a table: ms per new token without and with the cache, and their ratio."""
+    return table(["positions", "no cache (ms/token)", "with cache (ms/token)", "cache speedup"],
+                 [(p.positions, f"{1000 * p.uncached_s:.0f}", f"{1000 * p.cached_s:.0f}", f"{p.speedup:.1f}x")
+                  for p in points])
+
+
+def plot_step_seconds(points: Sequence[StepPoint]) -> None:
+    """Time per new token against sequence length, with and without the cache (matplotlib)."""
+    import matplotlib.pyplot as plt
+
+    x = [p.positions for p in points]
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    ax.plot(x, [1000 * p.uncached_s for p in points], marker="o", color="#e45756", label="no cache: re-feed all")
+    ax.plot(x, [1000 * p.cached_s for p in points], marker="o", color="#4c78a8", label="KV cache: one position")
+    ax.set(xlabel="tokens in the sequence", ylabel="ms per new token", title="time per new token", ylim=(0, None))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    plt.show()
