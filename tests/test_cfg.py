@@ -12,8 +12,9 @@ PROMPTS = ["The best way to learn to cook is", "My favourite animal is", "Once u
            "The weather today is", "To fix a flat tyre, you"]
 NEGATIVE = "The following text is about football and other sports."
 SCALES = (1.5, 3.0)
-NEW_TOKENS = 8
-CASES = [(p, g, n) for p in range(len(PROMPTS)) for g in SCALES for n in (False, True)]
+NEW_TOKENS = 6
+# Every prompt at both scales, once with the negative prompt and once with the default (the last prompt token).
+CASES = [(p, g, (p + k) % 2 == 1) for p in range(len(PROMPTS)) for k, g in enumerate(SCALES)]
 
 
 def _case_id(case):
@@ -70,7 +71,7 @@ def test_processor_equals_generate(model, ids, reference, case):
     assert torch.equal(out, reference(case))
 
 
-BATCH_CASES = [(p, g, n) for p in (0, 2) for g in SCALES for n in (False, True)]
+BATCH_CASES = [(0, 1.5, False), (1, 3.0, True), (2, 3.0, False), (3, 1.5, True)]
 
 
 @pytest.mark.parametrize("case", BATCH_CASES, ids=[_case_id(c) for c in BATCH_CASES])
