@@ -102,11 +102,12 @@ def test_default_unconditional_branch_is_the_last_prompt_token(model, ids):
                        cfg_generate(model, prompt, NEW_TOKENS, guidance_scale=3.0, negative_prompt_ids=prompt[:, -1:]))
 
 
-@pytest.mark.parametrize("p", [0, 4])
-def test_blend_one_is_plain_cfg(model, ids, reference, p):
-    for n in (False, True):
-        prompt, kwargs = _args(ids, (p, 3.0, n))
-        assert torch.equal(cfg_generate(model, prompt, NEW_TOKENS, blend=1.0, **kwargs), reference((p, 3.0, n)))
+@pytest.mark.parametrize("case", [(0, 3.0, True), (1, 3.0, False)], ids=_case_id)
+def test_blend_one_is_plain_cfg(model, ids, reference, case):
+    prompt, kwargs = _args(ids, case)
+    for batched in (False, True):
+        assert torch.equal(cfg_generate(model, prompt, NEW_TOKENS, batched=batched, blend=1.0, **kwargs),
+                           reference(case))
 
 
 @pytest.mark.parametrize("p", [0, 4])
@@ -199,12 +200,53 @@ def test_measure_cfg_paths(model, ids):
     assert figures["batched"]["cache_bytes"] == per_position * 2 * cond_positions  # the 1-token row padded
     for path in ("two_pass", "batched"):
         assert figures[path]["peak_bytes"] >= figures[path]["cache_bytes"]
-        assert figures[path]["seconds_per_token"] > 0 and figures[path]["new_tokens"] == 4
+        assert figures[path]["new_tokens"] == 4
+        assert figures[path]["prefill_seconds"] > 0 and figures[path]["decode_seconds_per_token"] > 0
     with pytest.raises(ValueError, match="turns guidance off"):
         measure_cfg_paths(model, prompt, 4, 1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        measure_cfg_paths(model, prompt, 1, 1.5)
 
 
 def test_cache_bytes_of_an_empty_cache_is_zero(model):
     from transformers import DynamicCache
 
     assert cache_bytes([DynamicCache(config=model.config)]) == 0
+
+
+# --- the checks of notebook 06 -----------------------------------------------------------------------
+
+def test_check_cfg_scores_names_the_usual_mistakes():
+    from workshop_utils.checks import CheckFailed, check_cfg_scores
+
+    torch.manual_seed(0)
+    cond_logits, uncond_logits = torch.randn(1, 50), torch.randn(1, 50)
+    cond, uncond = torch.log_softmax(cond_logits, -1), torch.log_softmax(uncond_logits, -1)
+    cfg = uncond + 3.0 * (cond - uncond)
+    check_cfg_scores("right", cfg, cond_logits, uncond_logits, 3.0)
+    check_cfg_scores("right blend", 0.3 * cfg + 0.7 * cond, cond_logits, uncond_logits, 3.0, blend=0.3)
+    wrong = [(uncond_logits + 3.0 * (cond_logits - uncond_logits), None, "log-softmax each branch"),
+             (cond + 3.0 * (uncond - cond), None, "swapped"),
+             (3.0 * cond, None, "not g \\* cond"),
+             (0.7 * cfg + 0.3 * cond, 0.3, "wrong way round"),
+             (0.3 * cfg + 0.7 * uncond, 0.3, "unconditional scores"),
+             (cfg, 0.3, "forgot the blend"),
+             (cfg + 1, None, "at index")]
+    for answer, blend, message in wrong:
+        with pytest.raises(CheckFailed, match=message):
+            check_cfg_scores("wrong", answer, cond_logits, uncond_logits, 3.0, blend=blend)
+
+
+def test_check_padded_rows_names_the_usual_mistakes():
+    from workshop_utils.checks import CheckFailed, check_padded_rows
+
+    rows, t = [[5, 6, 7], [1, 2, 3, 4, 5]], torch.tensor
+    right = (t([[2, 2, 5, 6, 7], [1, 2, 3, 4, 5]]), t([[0, 0, 1, 1, 1], [1] * 5]), t([[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]))
+    check_padded_rows("right", *right, rows, 2)
+    with pytest.raises(CheckFailed, match="padded on the right"):
+        check_padded_rows("right padding", t([[5, 6, 7, 2, 2], [1, 2, 3, 4, 5]]), t([[1, 1, 1, 0, 0], [1] * 5]),
+                          t([[0, 1, 2, 0, 0], [0, 1, 2, 3, 4]]), rows, 2)
+    with pytest.raises(CheckFailed, match=r"position_ids\[0, 1\] is 1, expected 0"):
+        check_padded_rows("positions", right[0], right[1], t([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]), rows, 2)
+    with pytest.raises(CheckFailed, match="shape"):
+        check_padded_rows("shape", right[0][:1], right[1], right[2], rows, 2)

@@ -168,8 +168,8 @@ def _eos_ids(model) -> set[int]:
 
 @torch.inference_mode()
 def _guided_loop(model, input_ids, max_new_tokens: int, guidance_scale: float, negative_prompt_ids, batched: bool,
-                 blend: float | None, forced_ids: torch.Tensor | None = None):
-    """Greedy CFG loop; returns (output ids [1, T + n], per-step scores, branches) for tests and measurements."""
+                 blend: float | None, forced_ids: torch.Tensor | None = None, clock: list[float] | None = None):
+    """Greedy CFG loop; returns (output ids [1, T + n], per-step scores, branches); clock gets a time per new token."""
     input_ids, negative = _check_call(model, input_ids, max_new_tokens, guidance_scale, negative_prompt_ids, blend)
     uncond_ids = input_ids[:, -1:] if negative is None else negative
     guided = guidance_scale != 1  # generate adds no CFG processor for 1: plain greedy on the logits
@@ -185,6 +185,8 @@ def _guided_loop(model, input_ids, max_new_tokens: int, guidance_scale: float, n
             scores["uncond"].append(torch.log_softmax(uncond[0].float(), dim=-1))
         next_token_id = step_scores.argmax(-1, keepdim=True) if forced_ids is None else forced_ids[:, step:step + 1]
         ids = torch.cat([ids, next_token_id], dim=1)
+        if clock is not None:
+            clock.append(time.perf_counter())
         if step + 1 == max_new_tokens or (forced_ids is None and int(next_token_id) in eos):
             break
         cond, uncond = branches.step(next_token_id, guided=guided)
@@ -291,30 +293,40 @@ def measure_cfg_paths(model, input_ids, max_new_tokens: int, guidance_scale: flo
                       repeats: int = 3) -> dict:
     """Time per new token and peak tensor memory of the two-pass and the batched CFG paths, on the same prompt.
 
-    For each path: seconds_per_token is the median over `repeats` runs (after one warm-up) of the whole
-    generation's wall time divided by the tokens it made (prefill included); peak_bytes is
-    peak_tensor_bytes of one run; cache_bytes the KV cache(s) held at the end. same_tokens says whether
-    both paths wrote the same ids.
+    For each path, medians over `repeats` runs after one warm-up: prefill_seconds (the time to the first
+    new token: both branches' prompts), decode_seconds_per_token (each later token: one new position per
+    branch) and seconds_per_token (the whole run divided by the new tokens). peak_bytes is
+    peak_tensor_bytes of one run (the most tensor bytes alive at once, weights excluded); cache_bytes the
+    KV cache(s) held at the end. same_tokens says whether both paths wrote the same ids.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}.")
+    if max_new_tokens < 2:
+        raise ValueError(f"max_new_tokens is {max_new_tokens}: ask for at least 2, so that decoding can be timed "
+                         "apart from the prefill.")
     if guidance_scale == 1:
         raise ValueError("guidance_scale=1 turns guidance off, so both paths are plain greedy: measure with another "
                          "scale, e.g. 1.5.")
     figures, outputs = {}, {}
     for name, batched in (("two_pass", False), ("batched", True)):
-        def run(batched=batched):
-            return _guided_loop(model, input_ids, max_new_tokens, guidance_scale, negative_prompt_ids, batched, None)
+        def run(batched=batched, clock=None):
+            return _guided_loop(model, input_ids, max_new_tokens, guidance_scale, negative_prompt_ids, batched, None,
+                                clock=clock)
 
         ids, _, branches = run()  # the warm-up, and the output
         new_tokens = ids.shape[1] - torch.as_tensor(input_ids).reshape(1, -1).shape[1]
-        times = []
+        prefill, decode, total = [], [], []
         for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
+            start, clock = time.perf_counter(), []
+            run(clock=clock)
+            prefill.append(clock[0] - start)
+            total.append(clock[-1] - start)
+            if len(clock) > 1:
+                decode.append((clock[-1] - clock[0]) / (len(clock) - 1))
         outputs[name] = ids
-        figures[name] = {"seconds_per_token": statistics.median(times) / new_tokens, "new_tokens": new_tokens,
+        figures[name] = {"prefill_seconds": statistics.median(prefill),
+                         "decode_seconds_per_token": statistics.median(decode) if decode else float("nan"),
+                         "seconds_per_token": statistics.median(total) / new_tokens, "new_tokens": new_tokens,
                          "peak_bytes": peak_tensor_bytes(run), "cache_bytes": cache_bytes(branches.caches())}
     figures["same_tokens"] = torch.equal(outputs["two_pass"], outputs["batched"])
     return figures
