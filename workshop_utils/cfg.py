@@ -168,7 +168,8 @@ def _eos_ids(model) -> set[int]:
 
 @torch.inference_mode()
 def _guided_loop(model, input_ids, max_new_tokens: int, guidance_scale: float, negative_prompt_ids, batched: bool,
-                 blend: float | None, forced_ids: torch.Tensor | None = None, clock: list[float] | None = None):
+                 blend: float | None, forced_ids: torch.Tensor | None = None, clock: list[float] | None = None,
+                 stop_at_eos: bool = True):
     """Greedy CFG loop; returns (output ids [1, T + n], per-step scores, branches); clock gets a time per new token."""
     input_ids, negative = _check_call(model, input_ids, max_new_tokens, guidance_scale, negative_prompt_ids, blend)
     uncond_ids = input_ids[:, -1:] if negative is None else negative
@@ -187,7 +188,7 @@ def _guided_loop(model, input_ids, max_new_tokens: int, guidance_scale: float, n
         ids = torch.cat([ids, next_token_id], dim=1)
         if clock is not None:
             clock.append(time.perf_counter())
-        if step + 1 == max_new_tokens or (forced_ids is None and int(next_token_id) in eos):
+        if step + 1 == max_new_tokens or (stop_at_eos and forced_ids is None and int(next_token_id) in eos):
             break
         cond, uncond = branches.step(next_token_id, guided=guided)
     return ids, {k: torch.stack(v) if v else None for k, v in scores.items()}, branches
@@ -293,7 +294,7 @@ def measure_cfg_paths(model, input_ids, max_new_tokens: int, guidance_scale: flo
                       repeats: int = 3) -> dict:
     """Time per new token and peak tensor memory of the two-pass and the batched CFG paths, on the same prompt.
 
-    For each path, medians over `repeats` runs after one warm-up: prefill_seconds (the time to the first
+    Both paths make exactly max_new_tokens tokens (no stop at the end of turn). For each path, medians over `repeats` runs after one warm-up: prefill_seconds (the time to the first
     new token: both branches' prompts), decode_seconds_per_token (each later token: one new position per
     branch) and seconds_per_token (the whole run divided by the new tokens). peak_bytes is
     peak_tensor_bytes of one run (the most tensor bytes alive at once, weights excluded); cache_bytes the
@@ -311,7 +312,7 @@ def measure_cfg_paths(model, input_ids, max_new_tokens: int, guidance_scale: flo
     for name, batched in (("two_pass", False), ("batched", True)):
         def run(batched=batched, clock=None):
             return _guided_loop(model, input_ids, max_new_tokens, guidance_scale, negative_prompt_ids, batched, None,
-                                clock=clock)
+                                clock=clock, stop_at_eos=False)  # always max_new_tokens, as timing runs do
 
         ids, _, branches = run()  # the warm-up, and the output
         new_tokens = ids.shape[1] - torch.as_tensor(input_ids).reshape(1, -1).shape[1]
