@@ -46,6 +46,7 @@ class BenchSetup:
     new_tokens: int = 64  # manual loop against generate
     cache_lengths: tuple[int, ...] = (128, 256)  # new tokens at which the cache's speedup is read
     repeats: int = 3
+    cfg_tokens: int = 16  # new tokens of each classifier-free guidance run
     copy_bytes: int = 1 << 30  # size of the copied tensor for the bandwidth measurement
     bar: object = None  # a tqdm bar (None: no progress shown)
     results: dict[str, float] = field(default_factory=dict)
@@ -161,15 +162,41 @@ def measure_peak_memory(s: BenchSetup) -> list[Figure]:
     return [Figure("peak_rss_mib", "peak resident memory: model + generation runs", peak_memory_mib(), "MiB")]
 
 
+def measure_cfg(s: BenchSetup, guidance_scale: float = 1.5) -> list[Figure]:
+    """Classifier-free guidance two ways (notebook 06): two passes with two caches against one doubled batch."""
+    from .cfg import measure_cfg_paths
+
+    paths = measure_cfg_paths(s.model, s.prompt_ids, s.cfg_tokens, guidance_scale, repeats=s.repeats)
+    s.tick(_cfg_passes(s))
+    two, one = paths["two_pass"], paths["batched"]
+    return [Figure("cfg_two_pass_ms_per_token", f"CFG g={guidance_scale}, two passes (two caches): time per token",
+                   1000 * two["seconds_per_token"], "ms"),
+            Figure("cfg_batched_ms_per_token", "CFG, one pass with the batch doubled: time per token",
+                   1000 * one["seconds_per_token"], "ms"),
+            Figure("cfg_batched_over_two_pass", "CFG time per token, batched / two passes (below 1: batched faster)",
+                   one["seconds_per_token"] / two["seconds_per_token"], "x"),
+            Figure("cfg_two_pass_peak_mib", "CFG two passes: peak tensor memory (weights excluded)",
+                   two["peak_bytes"] / 2**20, "MiB"),
+            Figure("cfg_batched_peak_mib", "CFG batched: peak tensor memory (weights excluded)",
+                   one["peak_bytes"] / 2**20, "MiB")]
+
+
+def _cfg_passes(s: BenchSetup) -> int:
+    # Per token, 2 forward passes on the two-pass path and 1 on the batched one; per path, a warm-up,
+    # the timed repeats and one run for the peak memory.
+    return 3 * s.cfg_tokens * (s.repeats + 2)
+
 # The generation measurements, in order; append a function here to add a line to the bench.
-MEASUREMENTS: list[Measurement] = [measure_manual_vs_generate, measure_cache_speedup, measure_prefill_decode]
+MEASUREMENTS: list[Measurement] = [measure_manual_vs_generate, measure_cache_speedup, measure_prefill_decode,
+                                   measure_cfg]
 
 
 def planned_steps(s: BenchSetup, measurements: list[Measurement]) -> int:
     """Forward passes the built-in measurements will run (for the progress bar's length)."""
     steps = {measure_manual_vs_generate: (2 + 2 * s.repeats) * s.new_tokens,
              measure_cache_speedup: 2 * max(s.cache_lengths),
-             measure_prefill_decode: s.long_prompt_ids.shape[1] * (s.repeats + 1)}
+             measure_prefill_decode: s.long_prompt_ids.shape[1] * (s.repeats + 1),
+             measure_cfg: _cfg_passes(s)}
     return sum(steps.get(m, 0) for m in measurements) + 1
 
 
