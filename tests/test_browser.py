@@ -49,7 +49,10 @@ def _start_lab(home: Path, disabled_extensions: dict | None = None):
     port = free_port()
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(home / "ws"),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_CONFIG_DIR": str(config),
-           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           # One torch thread: on a 2-core machine the browser's own rendering takes a core, and torch's
+           # threads would spin waiting for it (a notebook of 45 s then takes many minutes).
+           "OMP_NUM_THREADS": "1"}
     lab = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
          "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.ip=127.0.0.1",
@@ -98,7 +101,7 @@ def _menu(page, menu: str, item: str) -> None:
     page.get_by_role("menuitem", name=item, exact=True).click()
 
 
-def _run_all(page, timeout_s: int = 240) -> None:
+def _run_all(page, timeout_s: int = 420) -> None:
     """Clear the stored outputs (so nothing old is mistaken for new), run every cell, wait for the last."""
     _menu(page, "Edit", "Clear Outputs of All Cells")
     page.wait_for_function(f"() => ({PROMPTS})().done == 0", timeout=10_000)
