@@ -90,7 +90,7 @@ def lab_url(tmp_path_factory):
 
 def _open(browser, url: str, notebook: str):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(f"{url}/lab/tree/{notebook}")
+    page.goto(f"{url}/lab/tree/{notebook}?reset")  # ?reset: a fresh workspace, so no earlier notebook tab is restored
     page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
     page.wait_for_function("() => document.body.innerText.includes('| Idle')", timeout=60_000)
     return page
@@ -103,21 +103,43 @@ def _menu(page, menu: str, item: str) -> None:
 
 def _run_all(page, timeout_s: int = 420) -> None:
     """Clear the stored outputs (so nothing old is mistaken for new), run every cell, wait for the last."""
-    _menu(page, "Edit", "Clear Outputs of All Cells")
-    page.wait_for_function(f"() => ({PROMPTS})().done == 0", timeout=10_000)
-    _menu(page, "Run", "Run All Cells")
-    page.wait_for_function(f"() => {{ const s = ({PROMPTS})(); return s.running == 0 && s.done == s.cells; }}",
-                           timeout=timeout_s * 1000)
+    try:
+        _menu(page, "Edit", "Clear Outputs of All Cells")
+        page.wait_for_function(f"() => ({PROMPTS})().done == 0", timeout=10_000)
+        _menu(page, "Run", "Run All Cells")
+        page.wait_for_function(f"() => {{ const s = ({PROMPTS})(); return s.running == 0 && s.done == s.cells; }}",
+                               timeout=timeout_s * 1000)
+    except Exception:
+        _shot(page, "run_all_failed")  # what the page showed: a dialog, a stuck cell
+        raise
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     tracebacks = [t for t in errors.all_inner_texts() if "Error" in t]
     assert not tracebacks, f"a cell failed in the browser: {tracebacks[0][:500]}"
 
 
-def assert_widgets_render(page) -> None:
-    """Fail with the fix when widgets show as their static fallback instead of drawing."""
-    fallbacks = page.locator(".wu-static")
-    if fallbacks.count() and fallbacks.first.is_visible() or page.locator(".jupyter-widgets").count() == 0:
+# Whether the page loaded the widgets extension (from JupyterLab's own page config).
+EXTENSION_LOADED = """() => { const c = JSON.parse(document.getElementById('jupyter-config-data').textContent);
+  const name = '@jupyter-widgets/jupyterlab-manager';
+  return (c.federated_extensions || []).some(e => e.name === name) &&
+    !JSON.stringify(c.disabledExtensions || []).includes(name); }"""
+# Widgets drawn, and no static fallback visible (JupyterLab shows the fallback when it cannot draw the widget).
+WIDGETS_DRAWN = """() => document.querySelectorAll('.jupyter-widgets').length > 0 &&
+  [...document.querySelectorAll('.wu-static')].every(e => e.offsetParent === null)"""
+
+
+def assert_widgets_render(page, timeout_s: int = 30) -> None:
+    """Fail at once with the fix when the widgets extension is missing; else wait for every widget view to draw."""
+    if not page.evaluate(EXTENSION_LOADED):
         raise AssertionError(MISSING_EXTENSION)
+    try:
+        page.wait_for_function(WIDGETS_DRAWN, timeout=timeout_s * 1000)
+    except Exception:
+        _shot(page, "widgets_not_drawn")
+        visible = page.evaluate("() => [...document.querySelectorAll('.wu-static')]"
+                                ".filter(e => e.offsetParent !== null).map(e => e.innerText.slice(0, 80))")
+        raise AssertionError(f"the widgets extension is loaded, but after {timeout_s} s these outputs still show "
+                             f"their static fallback: {visible} (screenshot: artifacts/browser/widgets_not_drawn.png)"
+                             ) from None
 
 
 def _shot(page, name: str) -> None:
