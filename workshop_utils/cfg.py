@@ -18,6 +18,9 @@ from collections.abc import Callable, Iterator
 import torch
 from transformers import DynamicCache, LogitsProcessor
 
+from .generation import check_max_new_tokens, eos_ids
+from .kv_cache import measured_cache_bytes
+
 
 # --- checks, before any forward pass --------------------------------------------------------------
 
@@ -53,8 +56,7 @@ def check_guidance(guidance_scale: float, negative_prompt_ids=None, blend: float
 def _check_call(model, input_ids, max_new_tokens: int, guidance_scale: float, negative_prompt_ids,
                 blend: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     check_guidance(guidance_scale, negative_prompt_ids, blend)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}.")
+    check_max_new_tokens(max_new_tokens)
     input_ids = _one_row(input_ids, "input_ids")
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids is empty: the prompt needs at least one token (its last token is also the "
@@ -161,11 +163,6 @@ class _Batched:
 
 # --- the loop -------------------------------------------------------------------------------------
 
-def _eos_ids(model) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    return set() if eos is None else {eos} if isinstance(eos, int) else {int(e) for e in torch.as_tensor(eos).flatten()}
-
-
 @torch.inference_mode()
 def _guided_loop(model, input_ids, max_new_tokens: int, guidance_scale: float, negative_prompt_ids, batched: bool,
                  blend: float | None, forced_ids: torch.Tensor | None = None, clock: list[float] | None = None,
@@ -175,7 +172,7 @@ def _guided_loop(model, input_ids, max_new_tokens: int, guidance_scale: float, n
     uncond_ids = input_ids[:, -1:] if negative is None else negative
     guided = guidance_scale != 1  # generate adds no CFG processor for 1: plain greedy on the logits
     branches = (_Batched if batched and guided else _TwoPass)(model, input_ids, uncond_ids)
-    eos, ids = _eos_ids(model), input_ids
+    eos, ids = eos_ids(model), input_ids
     scores = {"cond": [], "uncond": [], "guided": []}
     cond, uncond = branches.first() if guided else (branches.cond_only(), None)
     for step in range(max_new_tokens):
@@ -286,8 +283,7 @@ def peak_tensor_bytes(fn: Callable[[], object]) -> int:
 
 def cache_bytes(caches) -> int:
     """Bytes held by the keys and values of these DynamicCaches."""
-    return sum(t.numel() * t.element_size() for cache in caches for layer in cache.layers
-               for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor))
+    return sum(measured_cache_bytes(cache) for cache in caches)
 
 
 def measure_cfg_paths(model, input_ids, max_new_tokens: int, guidance_scale: float, *, negative_prompt_ids=None,

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .generation import check_max_new_tokens
+
 ROLES = ("system", "user", "assistant", "tool")  # the roles of the usual chat message format
 IGNORE_INDEX = -100  # labels with this value add nothing to the loss
 Messages = Sequence[Mapping[str, str]]
@@ -87,8 +89,7 @@ def chat_replies(model, tokenizer, conversations: Sequence[Messages], *, max_new
     """One reply per conversation, generated together as one left-padded batch (greedy unless told)."""
     if not conversations:
         raise ValueError("No conversations given: pass a list of conversations (each a list of messages).")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    check_max_new_tokens(max_new_tokens)
     for messages in conversations:
         _check_conversation(messages, for_reply=True)
     inputs = _render(tokenizer, [list(m) for m in conversations], add_generation_prompt=True, padding=True,

@@ -11,7 +11,7 @@ import torch
 from .models import context_length
 
 __all__ = ["apply_temperature", "top_k_filter", "top_p_filter", "greedy_generate", "sample_generate",
-           "compare_with_generate", "Comparison"]
+           "compare_with_generate", "Comparison", "check_max_new_tokens"]
 
 
 # --- the sampling filters (same results as transformers' warpers, min_tokens_to_keep=1) ---
@@ -66,11 +66,16 @@ def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
 
 # --- the loops ---
 
-def _prompt(model, input_ids, max_new_tokens: int, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Checked 2-D input_ids and attention_mask; every ValueError comes before any forward pass."""
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    """Raise ValueError, naming the fix, unless max_new_tokens is a whole number of at least 1."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}. "
                          "Fix: max_new_tokens=20 writes up to 20 new tokens.")
+
+
+def _prompt(model, input_ids, max_new_tokens: int, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Checked 2-D input_ids and attention_mask; every ValueError comes before any forward pass."""
+    check_max_new_tokens(max_new_tokens)
     ids = torch.as_tensor(input_ids)
     if ids.dim() == 1:
         ids = ids[None]
@@ -99,7 +104,8 @@ def _prompt(model, input_ids, max_new_tokens: int, attention_mask) -> tuple[torc
     return ids.to(model.device), mask
 
 
-def _eos_ids(model, eos_token_id: int | Sequence[int] | None) -> list[int]:
+def eos_ids(model, eos_token_id: int | Sequence[int] | None = None) -> list[int]:
+    """The end-of-sequence ids to stop at: eos_token_id if given, else the model's generation_config."""
     if eos_token_id is None:
         eos_token_id = model.generation_config.eos_token_id
     if eos_token_id is None:
@@ -157,7 +163,7 @@ def greedy_generate(model, input_ids, max_new_tokens: int, *, attention_mask=Non
                     eos_token_id: int | Sequence[int] | None = None) -> torch.LongTensor:
     """Prompt plus up to max_new_tokens argmax tokens, equal to model.generate(..., do_sample=False)."""
     ids, mask = _prompt(model, input_ids, max_new_tokens, attention_mask)
-    return _loop(model, ids, mask, max_new_tokens, use_cache, _eos_ids(model, eos_token_id),
+    return _loop(model, ids, mask, max_new_tokens, use_cache, eos_ids(model, eos_token_id),
                  lambda logits: logits.argmax(-1))
 
 
@@ -185,7 +191,7 @@ def sample_generate(model, input_ids, max_new_tokens: int, *, temperature: float
         probs = warp(logits, temperature, top_k, top_p).softmax(-1)
         return torch.multinomial(probs, num_samples=1).squeeze(1)  # one draw per row, as generate does
 
-    return _loop(model, ids, mask, max_new_tokens, use_cache, _eos_ids(model, eos_token_id), pick)
+    return _loop(model, ids, mask, max_new_tokens, use_cache, eos_ids(model, eos_token_id), pick)
 
 
 # --- comparing with generate ---

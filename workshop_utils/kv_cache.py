@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .display import Rendered, progress, table
+from .models import context_length
 from .timing import median_seconds
 
 
@@ -77,7 +78,7 @@ def greedy_step_seconds(model, input_ids: torch.Tensor, n_tokens: int, *, use_ca
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be at least 1, got {n_tokens}.")
     ids = input_ids.reshape(1, -1).to(model.device)
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = context_length(model)
     if limit is not None and ids.shape[1] + n_tokens > limit:
         raise ValueError(f"{ids.shape[1]} prompt tokens + {n_tokens} new ones exceed the context of {limit}. "
                          f"Fix: ask for at most {limit - ids.shape[1]} new tokens.")
