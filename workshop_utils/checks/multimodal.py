@@ -1,0 +1,44 @@
+"""Checks for notebook 07: labels and ids after the image splice."""
+
+from __future__ import annotations
+
+import torch
+
+from .core import CheckFailed
+
+
+def check_spliced_labels(name: str, answer, expected) -> None:
+    """Compare labels after the image splice; name the first wrong position and what belongs there."""
+    __tracebackhide__ = True  # noqa: F841
+    a = [int(t) for t in torch.as_tensor(answer).flatten()]
+    e = [int(t) for t in torch.as_tensor(expected).flatten()]
+    if len(a) != len(e):
+        raise CheckFailed(
+            f"{name}: you have {len(a)} labels, expected {len(e)}: one label per position of the spliced "
+            "sequence, where the image placeholder became one position per patch."
+        )
+    for i, (x, y) in enumerate(zip(a, e)):
+        if x != y:
+            why = "an image or prompt position: it must be -100" if y == -100 else f"an answer token: keep its id {y}"
+            raise CheckFailed(f"{name}: position {i}: you have {x}, expected {y} ({why}).")
+    print(f"✔ {name}")
+
+
+def check_expanded_ids(name: str, answer, expected, image_token_id: int) -> None:
+    """Compare LLaVA-style input ids (one placeholder per image feature) and say what is off."""
+    __tracebackhide__ = True  # noqa: F841
+    a = [int(t) for t in torch.as_tensor(answer).flatten()]
+    e = [int(t) for t in torch.as_tensor(expected).flatten()]
+    have, need = a.count(image_token_id), e.count(image_token_id)
+    if have != need:
+        raise CheckFailed(
+            f"{name}: you have {have} image placeholders, expected {need}: LLaVA repeats the placeholder "
+            "once per image feature vector (patch), and masked_scatter fills them in order."
+        )
+    for i, (x, y) in enumerate(zip(a, e)):
+        if x != y:
+            raise CheckFailed(f"{name}: position {i}: you have id {x}, expected {y}; the text around the "
+                              "placeholders must stay as it was, in order.")
+    if len(a) != len(e):
+        raise CheckFailed(f"{name}: you have {len(a)} ids, expected {len(e)}.")
+    print(f"✔ {name}")
