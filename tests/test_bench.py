@@ -8,8 +8,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from workshop_utils import bench as bench_module
-from workshop_utils.bench import (MEASUREMENTS, BenchSetup, Figure, bench, copy_bandwidth, report, run_bench,
-                                  weight_bytes_per_token)
+from workshop_utils.bench import MEASUREMENTS, BenchSetup, Figure, bench, report, run_bench
+from workshop_utils.timing import copy_bandwidth, weight_bytes_per_token
 
 SIZES = {"prompt_tokens": 6, "prefill_tokens": 24, "new_tokens": 3, "cache_lengths": (4, 8), "repeats": 1,
          "cfg_tokens": 3, "copy_bytes": 1 << 20}
@@ -84,3 +84,14 @@ def test_untied_embedding_counts_one_row(tokenizer):
 
 def test_copy_bandwidth_is_positive():
     assert copy_bandwidth(1 << 20, repeats=1) > 0
+
+
+def test_progress_bar_counts_the_functions(capsys):
+    def measure_one(s: BenchSetup) -> list[Figure]:
+        return [Figure("one", "a line", 1.0, "")]
+
+    ids = torch.tensor([[1, 2]])
+    figures = run_bench(BenchSetup(None, ids, ids), [measure_one], show_progress=True)
+    assert [f.key for f in figures] == ["one", "peak_rss_mib"]  # no decode rate: no bandwidth bound
+    shown = capsys.readouterr().err
+    assert "0/3" in shown and "bandwidth bound" in shown  # the function, then the peak memory and the bound

@@ -5,8 +5,8 @@ from unittest import mock
 import pytest
 import torch
 
-from workshop_utils.cfg import (CFGLogitsProcessor, cache_bytes, cfg_generate, cfg_step_scores, measure_cfg_paths,
-                                peak_tensor_bytes)
+from workshop_utils.cfg import CFGLogitsProcessor, cfg_generate, cfg_step_scores
+from workshop_utils.timing import cache_bytes, measure_cfg_paths, peak_tensor_bytes
 
 PROMPTS = ["The best way to learn to cook is", "My favourite animal is", "Once upon a time, in a small village,",
            "The weather today is", "To fix a flat tyre, you"]
@@ -156,7 +156,7 @@ BAD_CALLS = [
     ({"guidance_scale": 1.5, "max_new_tokens": 0}, "max_new_tokens"),
     ({"guidance_scale": 1.5, "input_ids": torch.zeros(1, 0, dtype=torch.long)}, "input_ids is empty"),
     ({"guidance_scale": 1.5, "input_ids": torch.ones(2, 3, dtype=torch.long)}, "one prompt"),
-    ({"guidance_scale": 1.5, "input_ids": torch.tensor([[1, 10**6]])}, "outside the vocabulary"),
+    ({"guidance_scale": 1.5, "input_ids": torch.tensor([[1, 10**6]])}, "outside this tokenizer.s vocabulary"),
 ]
 
 

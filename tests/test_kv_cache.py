@@ -4,8 +4,9 @@ import pytest
 import torch
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from workshop_utils.kv_cache import (StepPoint, greedy_step_seconds, gqa_saving, head_dim, kv_cache_bytes, kv_heads,
-                                     measured_cache_bytes, memory_table, step_seconds_sweep, step_table)
+from workshop_utils.kv_cache import (StepPoint, gqa_saving, head_dim, kv_cache_bytes, kv_heads, measured_cache_bytes,
+                                     memory_table, step_seconds_sweep, step_table)
+from workshop_utils.timing import greedy_step_seconds
 
 
 @pytest.fixture(scope="module")

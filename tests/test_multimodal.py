@@ -7,7 +7,8 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from workshop_utils import multimodal as mm
-from workshop_utils.models import default_model_dir, sha256_of
+from workshop_utils import multimodal_train as mm_train
+from workshop_utils.models import ChecksumError, ModelSetupError, default_model_dir, sha256_of
 
 N_PATCHES = 16
 
@@ -30,7 +31,7 @@ def _batch(model, padding_side):
              "<|im_start|>user\n<image> or <image>?<|im_end|>\n"]
     model.tokenizer.padding_side = padding_side
     batch = model.tokenizer(texts, return_tensors="pt", padding=True)
-    images = [image for image, _ in mm.make_shapes(3, seed=7)]
+    images = [image for image, _ in mm_train.make_shapes(3, seed=7)]
     return batch.input_ids, batch.attention_mask, mm.pixel_values(images)
 
 
@@ -74,8 +75,8 @@ def test_positions_count_from_zero_on_each_row(tiny, padding_side):
 
 
 def test_labels_are_ignored_on_image_and_padding_positions(tiny):
-    samples = mm.make_shapes(2, seed=3)
-    input_ids, attention_mask, labels = mm.stage1_batch(tiny.tokenizer, samples, ["color", "caption"])
+    samples = mm_train.make_shapes(2, seed=3)
+    input_ids, attention_mask, labels = mm_train.stage1_batch(tiny.tokenizer, samples, ["color", "caption"])
     with torch.no_grad():
         _, mask, _, merged = tiny.merge(input_ids, mm.pixel_values([s[0] for s in samples]), attention_mask, labels)
     for row in range(2):
@@ -134,7 +135,7 @@ def test_bad_padding_side_is_refused(tiny):
 
 def test_stage1_trains_the_connector_only(tiny):
     before = {name: p.detach().clone() for name, p in tiny.named_parameters()}
-    losses = mm.train_connector(tiny, steps=2, batch_size=2, seed=0)
+    losses = mm_train.train_connector(tiny, steps=2, batch_size=2, seed=0)
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     changed = {name for name, p in tiny.named_parameters() if not torch.equal(p, before[name])}
     assert changed == {name for name in before if name.startswith("connector.")}
@@ -144,11 +145,11 @@ def test_stage1_trains_the_connector_only(tiny):
 
 
 def test_make_shapes_is_deterministic_and_varied():
-    a, b = mm.make_shapes(30, seed=1), mm.make_shapes(30, seed=1)
+    a, b = mm_train.make_shapes(30, seed=1), mm_train.make_shapes(30, seed=1)
     assert [x[1] for x in a] == [x[1] for x in b]
     assert torch.equal(mm.pixel_values([x[0] for x in a]), mm.pixel_values([x[0] for x in b]))
-    assert [x[1] for x in mm.make_shapes(30, seed=2)] != [x[1] for x in a]
-    assert {x[1]["color"] for x in a} <= set(mm.COLORS) and len({x[1]["shape"] for x in a}) == len(mm.SHAPES)
+    assert [x[1] for x in mm_train.make_shapes(30, seed=2)] != [x[1] for x in a]
+    assert {x[1]["color"] for x in a} <= set(mm_train.COLORS) and len({x[1]["shape"] for x in a}) == len(mm_train.SHAPES)
     assert a[0][0].size == (64, 64)
 
 
@@ -165,15 +166,25 @@ def test_tampered_weights_are_refused(tiny, tmp_path):
     with open(copy, "r+b") as f:
         f.seek(-4, 2)
         f.write(b"\x00\x00\x80\x7f")
-    with pytest.raises(ValueError, match="sha256.*Fix"):
+    with pytest.raises(ChecksumError, match="sha256.*Fix"):
+        mm.load_weights(tiny, copy)
+    copy.with_suffix(".sha256").unlink()
+    with pytest.raises(ModelSetupError, match=r"tinyllava_shapes\.sha256 is missing\. Fix"):
         mm.load_weights(tiny, copy)
 
 
 def test_shipped_model_names_colours_and_shapes():
     model = mm.load_tinyllava()
-    samples = mm.make_shapes(12, seed=2024)
+    samples = mm_train.make_shapes(12, seed=2024)
     images = [image for image, _ in samples]
-    colours = model.answer(images, mm.QUESTIONS["color"])
-    shapes = model.answer(images, mm.QUESTIONS["shape"])
+    colours = model.answer(images, mm_train.QUESTIONS["color"])
+    shapes = model.answer(images, mm_train.QUESTIONS["shape"])
     assert sum(c == a["color"] for c, (_, a) in zip(colours, samples)) >= 10, colours
     assert sum(s == a["shape"] for s, (_, a) in zip(shapes, samples)) >= 10, shapes
+
+
+def test_training_command_is_multimodal_train(capsys):
+    with pytest.raises(SystemExit) as done:
+        mm_train.main(["--help"])
+    assert done.value.code == 0
+    assert "usage: python -m workshop_utils.multimodal_train [-h] {train,eval}" in capsys.readouterr().out

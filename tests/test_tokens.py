@@ -188,3 +188,21 @@ def test_check_stream_pieces(tokenizer):
         check_stream_pieces("stream", [tokenizer.decode(ids)], ids, tokenizer)
     with pytest.raises(CheckFailed, match="joined differ"):
         check_stream_pieces("stream", good[:-1] + ["x"], ids, tokenizer)
+
+
+def test_token_id_rows_is_the_one_normaliser():
+    from workshop_utils.tokens import token_id_rows
+
+    assert token_id_rows([3, 4]).tolist() == [[3, 4]]  # one sequence becomes one row
+    assert token_id_rows(torch.tensor([[1, 2], [3, 4]], dtype=torch.int32)).dtype == torch.long
+    assert token_id_rows([], allow_empty=True).shape == (1, 0)
+    for bad, kwargs, message in [
+        ([[1, 2], [3, 4]], {"one_row": True}, r"got shape \(2, 2\)\. Fix: pass one row"),
+        (torch.zeros(1, 2, 3, dtype=torch.long), {}, r"shape \[batch, positions\]"),
+        ([], {"name": "input_ids"}, "input_ids is empty"),
+        ([1, 7], {"vocab_size": 7, "name": "prompt"}, r"Token id 7 is outside.*ids 0 to 6\), in prompt"),
+        (torch.tensor([True]), {}, "must be integers"),
+    ]:
+        with pytest.raises(ValueError, match=message) as error:
+            token_id_rows(bad, **kwargs)
+        assert "Fix:" in str(error.value)

@@ -1,9 +1,10 @@
 """python -m workshop_utils bench: generation speed and memory on the default model, in one run.
 
-Each measurement is a function of a BenchSetup that returns Figure rows; MEASUREMENTS lists them in the
-order they run. To add a line (say, classifier-free guidance), write one more such function and append
-it to MEASUREMENTS. The peak memory and the bandwidth bound are taken after all of them: the bound needs
-the decode rate, and the copy buffers it allocates would otherwise dominate the peak memory.
+A plain list of functions, one per line of the report: each takes a BenchSetup and returns its Figure
+rows. MEASUREMENTS lists them in the order they run; the progress bar counts them. To add a line, write
+one more such function and append it to MEASUREMENTS. The timers themselves are in timing.py.
+LAST runs after all of them: the peak memory, then the bandwidth bound (it needs the decode rate, and
+the copy buffers it allocates would otherwise dominate the peak memory).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from tqdm.auto import tqdm
 
 from .display import text_table
 from .generation import greedy_generate
-from .kv_cache import greedy_step_seconds
-from .timing import median_seconds, passage_ids, peak_memory_mib, prefill_seconds
+from .timing import (copy_bandwidth, greedy_step_seconds, interleaved_medians, measure_cfg_paths, passage_ids,
+                     peak_memory_mib, prefill_seconds, weight_bytes_per_token)
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Figure:
 
 @dataclass
 class BenchSetup:
-    """What every measurement gets: the model, the prompts, the sizes, a progress bar, and earlier figures."""
+    """What every measurement gets: the model, the prompts, the sizes, and the figures measured before it."""
 
     model: object
     prompt_ids: torch.Tensor  # [1, n] short prompt for the generation loops
@@ -48,13 +49,7 @@ class BenchSetup:
     repeats: int = 3
     cfg_tokens: int = 16  # new tokens of each classifier-free guidance run
     copy_bytes: int = 1 << 30  # size of the copied tensor for the bandwidth measurement
-    bar: object = None  # a tqdm bar (None: no progress shown)
     results: dict[str, float] = field(default_factory=dict)
-
-    def tick(self, steps: int = 1) -> None:
-        """Advance the progress bar by steps forward passes."""
-        if self.bar is not None:
-            self.bar.update(steps)
 
 
 Measurement = Callable[[BenchSetup], list[Figure]]
@@ -76,20 +71,13 @@ def measure_manual_vs_generate(s: BenchSetup) -> list[Figure]:
     def theirs():
         return s.model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False)
 
-    ours_ids, theirs_ids = ours(), theirs()  # warm-up, and the proof that both write the same tokens
-    s.tick(2 * n)
-    if not torch.equal(ours_ids, theirs_ids):
+    ours_ids = ours()  # warm-up, and the proof that both write the same tokens
+    if not torch.equal(ours_ids, theirs()):
         raise RuntimeError("greedy_generate and generate wrote different tokens: the comparison would be unfair.")
-    ours_s, theirs_s = [], []
-    for _ in range(s.repeats):  # alternate, so that a slow spell of a shared machine hits both
-        for fn, times in ((ours, ours_s), (theirs, theirs_s)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-            s.tick(n)
+    ours_s, theirs_s = interleaved_medians([ours, theirs], repeats=s.repeats)
     produced = _new_tokens(ours_ids, ids)
-    manual = produced / statistics.median(ours_s)
-    generate = produced / statistics.median(theirs_s)
+    manual = produced / ours_s
+    generate = produced / theirs_s
     return [Figure("manual_tokens_per_s", f"manual cached greedy loop (greedy_generate), {produced} new tokens",
                    manual, "tokens/s"),
             Figure("generate_tokens_per_s", f"model.generate(do_sample=False), same {produced} tokens", generate,
@@ -102,7 +90,7 @@ def measure_cache_speedup(s: BenchSetup) -> list[Figure]:
     """One greedy run with the cache and one re-feeding the whole sequence; total times at each length compared."""
     longest = max(s.cache_lengths)
 
-    cached, uncached = (greedy_step_seconds(s.model, s.prompt_ids, longest, use_cache=use_cache, on_step=s.tick)
+    cached, uncached = (greedy_step_seconds(s.model, s.prompt_ids, longest, use_cache=use_cache)
                         for use_cache in (True, False))
     s.results["decode_s_per_token"] = statistics.median(cached[1:]) if longest > 1 else cached[0]
     return [Figure(f"cache_speedup_{n}", f"KV cache speedup, {n} new tokens: time re-feeding the sequence / "
@@ -113,10 +101,9 @@ def measure_prefill_decode(s: BenchSetup) -> list[Figure]:
     """Prefill rate of the long prompt in one pass, and the decode rate of the cached run (one position per pass)."""
     n = s.long_prompt_ids.shape[1]
     seconds = prefill_seconds(s.model, s.long_prompt_ids, logits_to_keep=1, repeats=s.repeats)
-    s.tick(n * (s.repeats + 1))
     if "decode_s_per_token" not in s.results:  # measured by measure_cache_speedup when it ran
         s.results["decode_s_per_token"] = statistics.median(
-            greedy_step_seconds(s.model, s.prompt_ids, 17, use_cache=True, on_step=s.tick)[1:])
+            greedy_step_seconds(s.model, s.prompt_ids, 17, use_cache=True)[1:])
     decode = 1 / s.results["decode_s_per_token"]
     s.results["decode_tokens_per_s"] = decode
     return [Figure("prefill_tokens_per_s", f"prefill: one pass over a {n}-token prompt", n / seconds, "tokens/s"),
@@ -124,29 +111,28 @@ def measure_prefill_decode(s: BenchSetup) -> list[Figure]:
                    "tokens/s")]
 
 
-def weight_bytes_per_token(model) -> int:
-    """Bytes of weights read for one decoded token: every weight once, but one row of an untied input embedding."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() counts tied weights once
-    embedding = model.get_input_embeddings().weight
-    output = model.get_output_embeddings()
-    if output is None or output.weight is not embedding:  # untied: the lookup reads a single row
-        total -= (embedding.shape[0] - 1) * embedding.shape[1] * embedding.element_size()
-    return total
-
-
-def copy_bandwidth(n_bytes: int = 1 << 30, repeats: int = 3) -> float:
-    """Memory bandwidth in bytes/s from dst.copy_(src) of n_bytes: each copy reads n_bytes and writes n_bytes."""
-    src = torch.ones(n_bytes // 4, dtype=torch.float32)
-    dst = torch.empty_like(src)
-    seconds = median_seconds(lambda: dst.copy_(src), repeats=repeats, warmup=1)
-    return 2 * src.numel() * 4 / seconds
+def measure_cfg(s: BenchSetup, guidance_scale: float = 1.5) -> list[Figure]:
+    """Classifier-free guidance two ways (notebook 06): two passes with two caches against one doubled batch."""
+    paths = measure_cfg_paths(s.model, s.prompt_ids, s.cfg_tokens, guidance_scale, repeats=s.repeats)
+    two, one = paths["two_pass"], paths["batched"]
+    return [Figure("cfg_two_pass_ms_per_token", f"CFG g={guidance_scale}, two passes (two caches): time per token",
+                   1000 * two["seconds_per_token"], "ms"),
+            Figure("cfg_batched_ms_per_token", "CFG, one pass with the batch doubled: time per token",
+                   1000 * one["seconds_per_token"], "ms"),
+            Figure("cfg_batched_over_two_pass", "CFG time per token, batched / two passes (below 1: batched faster)",
+                   one["seconds_per_token"] / two["seconds_per_token"], "x"),
+            Figure("cfg_two_pass_peak_mib", "CFG two passes: peak tensor memory (weights excluded)",
+                   two["peak_bytes"] / 2**20, "MiB"),
+            Figure("cfg_batched_peak_mib", "CFG batched: peak tensor memory (weights excluded)",
+                   one["peak_bytes"] / 2**20, "MiB")]
 
 
 def measure_bandwidth_bound(s: BenchSetup) -> list[Figure]:
     """Decode rate against the bound set by reading every weight once per token at the copy bandwidth."""
+    if "decode_tokens_per_s" not in s.results:  # no decode rate measured: nothing to set against the bound
+        return []
     per_token = weight_bytes_per_token(s.model)
     bandwidth = copy_bandwidth(s.copy_bytes, s.repeats)
-    s.tick()
     bound = bandwidth / per_token
     decode = s.results["decode_tokens_per_s"]
     return [Figure("weight_bytes_per_token", "weight bytes read per decoded token", per_token / 1e6, "MB"),
@@ -162,56 +148,23 @@ def measure_peak_memory(s: BenchSetup) -> list[Figure]:
     return [Figure("peak_rss_mib", "peak resident memory: model + generation runs", peak_memory_mib(), "MiB")]
 
 
-def measure_cfg(s: BenchSetup, guidance_scale: float = 1.5) -> list[Figure]:
-    """Classifier-free guidance two ways (notebook 06): two passes with two caches against one doubled batch."""
-    from .cfg import measure_cfg_paths
-
-    paths = measure_cfg_paths(s.model, s.prompt_ids, s.cfg_tokens, guidance_scale, repeats=s.repeats)
-    s.tick(_cfg_passes(s))
-    two, one = paths["two_pass"], paths["batched"]
-    return [Figure("cfg_two_pass_ms_per_token", f"CFG g={guidance_scale}, two passes (two caches): time per token",
-                   1000 * two["seconds_per_token"], "ms"),
-            Figure("cfg_batched_ms_per_token", "CFG, one pass with the batch doubled: time per token",
-                   1000 * one["seconds_per_token"], "ms"),
-            Figure("cfg_batched_over_two_pass", "CFG time per token, batched / two passes (below 1: batched faster)",
-                   one["seconds_per_token"] / two["seconds_per_token"], "x"),
-            Figure("cfg_two_pass_peak_mib", "CFG two passes: peak tensor memory (weights excluded)",
-                   two["peak_bytes"] / 2**20, "MiB"),
-            Figure("cfg_batched_peak_mib", "CFG batched: peak tensor memory (weights excluded)",
-                   one["peak_bytes"] / 2**20, "MiB")]
-
-
-def _cfg_passes(s: BenchSetup) -> int:
-    # Per token, 2 forward passes on the two-pass path and 1 on the batched one; per path, a warm-up,
-    # the timed repeats and one run for the peak memory.
-    return 3 * s.cfg_tokens * (s.repeats + 2)
-
-# The generation measurements, in order; append a function here to add a line to the bench.
+# The report's lines, in the order they run; append a function here to add a line to the bench.
 MEASUREMENTS: list[Measurement] = [measure_manual_vs_generate, measure_cache_speedup, measure_prefill_decode,
                                    measure_cfg]
+# Always after MEASUREMENTS: the peak memory before the bandwidth test's buffers; the bound needs the decode rate.
+LAST: list[Measurement] = [measure_peak_memory, measure_bandwidth_bound]
 
 
-def planned_steps(s: BenchSetup, measurements: list[Measurement]) -> int:
-    """Forward passes the built-in measurements will run (for the progress bar's length)."""
-    steps = {measure_manual_vs_generate: (2 + 2 * s.repeats) * s.new_tokens,
-             measure_cache_speedup: 2 * max(s.cache_lengths),
-             measure_prefill_decode: s.long_prompt_ids.shape[1] * (s.repeats + 1),
-             measure_cfg: _cfg_passes(s)}
-    return sum(steps.get(m, 0) for m in measurements) + 1
-
-
-def run_bench(s: BenchSetup, measurements: list[Measurement] | None = None) -> list[Figure]:
-    """Run the measurements in order, then the peak memory and the bandwidth bound; return every figure."""
-    measurements = MEASUREMENTS if measurements is None else measurements
+def run_bench(s: BenchSetup, measurements: list[Measurement] | None = None, *,
+              show_progress: bool = False) -> list[Figure]:
+    """Run the measurements in order, then LAST; return every figure (a progress bar counts the functions)."""
+    steps = [*(MEASUREMENTS if measurements is None else measurements), *LAST]
     figures = []
-    for measure in measurements:
-        if s.bar is not None:
-            s.bar.set_description(measure.__name__.removeprefix("measure_").replace("_", " "))
-        figures += measure(s)
-        s.results.update({f.key: f.value for f in figures})
-    figures += measure_peak_memory(s)
-    if "decode_tokens_per_s" in s.results:
-        figures += measure_bandwidth_bound(s)
+    with tqdm(steps, desc="bench", unit="line", file=sys.stderr, leave=False, disable=not show_progress) as bar:
+        for measure in bar:
+            bar.set_description(measure.__name__.removeprefix("measure_").replace("_", " "))
+            figures += measure(s)
+            s.results.update({f.key: f.value for f in figures})
     return figures
 
 
@@ -234,10 +187,7 @@ def bench(model, tokenizer, json_path: str | None = None, *, prompt_tokens: int 
     """Run every measurement on model, print the figures, write them to json_path when given, and return them."""
     started = time.perf_counter()
     setup = BenchSetup(model, passage_ids(tokenizer, prompt_tokens), passage_ids(tokenizer, prefill_tokens), **sizes)
-    with tqdm(total=planned_steps(setup, MEASUREMENTS), desc="bench", unit="pass", file=sys.stderr,
-              leave=False) as setup.bar:
-        figures = run_bench(setup)
-    setup.bar = None
+    figures = run_bench(setup, show_progress=True)
     elapsed = time.perf_counter() - started
     print(f"bench: {type(model).__name__}, float32, {machine()['threads']} threads, torch {torch.__version__}, "
           f"{model.device.type}")

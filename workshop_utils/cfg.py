@@ -1,4 +1,4 @@
-"""Classifier-free guidance: reference versions of what notebook 06 builds by hand, and their measurements.
+"""Classifier-free guidance: reference versions of what notebook 06 builds by hand (their timing is in timing.py).
 
 The recipe is transformers' UnbatchedClassifierFreeGuidanceLogitsProcessor (what
 generate(guidance_scale=...) runs): log-softmax the scores of the prompt (conditional) and of an
@@ -8,33 +8,17 @@ take uncond + g * (cond - uncond). guidance_scale == 1 turns it off, as in gener
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import statistics
 import time
-from collections.abc import Callable, Iterator
 
 import torch
 from transformers import DynamicCache, LogitsProcessor
 
 from .generation import check_max_new_tokens, eos_ids
-from .kv_cache import measured_cache_bytes
+from .tokens import token_id_rows
 
 
 # --- checks, before any forward pass --------------------------------------------------------------
-
-def _one_row(ids, name: str) -> torch.Tensor:
-    ids = torch.as_tensor(ids)
-    if ids.dim() == 1:
-        ids = ids[None]
-    if ids.dim() != 2 or ids.shape[0] != 1:
-        raise ValueError(f"{name} has shape {tuple(ids.shape)}: pass one prompt of shape [1, length] "
-                         "(cfg_generate guides one prompt at a time; loop over a batch).")
-    if ids.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
-        raise ValueError(f"{name} holds {ids.dtype} values: pass token ids (a LongTensor), e.g. tokenizer(...).input_ids.")
-    return ids.long()
-
 
 def check_guidance(guidance_scale: float, negative_prompt_ids=None, blend: float | None = None) -> None:
     """Raise ValueError, naming the fix, for a guidance scale below 0, an empty negative prompt or a bad blend."""
@@ -42,10 +26,10 @@ def check_guidance(guidance_scale: float, negative_prompt_ids=None, blend: float
         raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}. Fix: for example 1.5 "
                          "(1 turns guidance off).")
     if guidance_scale < 0:
-        raise ValueError(f"guidance_scale is {guidance_scale}, below 0: use 0 or more (1 turns guidance off, "
+        raise ValueError(f"guidance_scale is {guidance_scale}, below 0. Fix: use 0 or more (1 turns guidance off, "
                          "0 keeps only the unconditional branch, above 1 pushes away from it).")
     if negative_prompt_ids is not None and torch.as_tensor(negative_prompt_ids).numel() == 0:
-        raise ValueError("negative_prompt_ids is empty: pass at least one token id, or None to use the prompt's "
+        raise ValueError("negative_prompt_ids is empty. Fix: pass at least one token id, or None to use the prompt's "
                          "last token as the unconditional branch.")
     if blend is not None and (isinstance(blend, bool) or not isinstance(blend, (int, float))
                               or not 0 <= blend <= 1):
@@ -57,16 +41,13 @@ def _check_call(model, input_ids, max_new_tokens: int, guidance_scale: float, ne
                 blend: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     check_guidance(guidance_scale, negative_prompt_ids, blend)
     check_max_new_tokens(max_new_tokens)
-    input_ids = _one_row(input_ids, "input_ids")
+    vocab = model.config.vocab_size
+    input_ids = token_id_rows(input_ids, "input_ids", vocab_size=vocab, one_row=True, allow_empty=True)
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids is empty: the prompt needs at least one token (its last token is also the "
-                         "default unconditional branch).")
-    negative = None if negative_prompt_ids is None else _one_row(negative_prompt_ids, "negative_prompt_ids")
-    vocab = model.config.vocab_size
-    for name, ids in (("input_ids", input_ids), ("negative_prompt_ids", negative)):
-        if ids is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-            raise ValueError(f"{name} holds ids outside the vocabulary (0 to {vocab - 1}): tokenize with this "
-                             "model's tokenizer.")
+                         "default unconditional branch). Fix: pass a prompt of one token or more.")
+    negative = None if negative_prompt_ids is None else token_id_rows(negative_prompt_ids, "negative_prompt_ids",
+                                                                      vocab_size=vocab, one_row=True)
     return input_ids.to(model.device), None if negative is None else negative.to(model.device)
 
 
@@ -204,9 +185,7 @@ def cfg_step_scores(model, input_ids, continuation_ids, *, guidance_scale: float
     Keys: "cond" and "uncond" (log-softmax of each branch; "uncond" is None when guidance_scale == 1) and
     "guided" (what the greedy choice is made on: uncond + g * (cond - uncond), blended if asked).
     """
-    continuation = _one_row(continuation_ids, "continuation_ids")
-    if continuation.shape[1] == 0:
-        raise ValueError("continuation_ids is empty: pass the new tokens whose steps you want scored.")
+    continuation = token_id_rows(continuation_ids, "continuation_ids", one_row=True)
     return _guided_loop(model, input_ids, continuation.shape[1], guidance_scale, negative_prompt_ids, batched, blend,
                         forced_ids=continuation.to(model.device))[1]
 
@@ -219,9 +198,8 @@ class CFGLogitsProcessor(LogitsProcessor):
     def __init__(self, model, guidance_scale: float, negative_prompt_ids=None, blend: float | None = None):
         check_guidance(guidance_scale, negative_prompt_ids, blend)
         self.model, self.guidance_scale, self.blend = model, guidance_scale, blend
-        self.negative_prompt_ids = None if negative_prompt_ids is None else torch.as_tensor(negative_prompt_ids)
-        if self.negative_prompt_ids is not None and self.negative_prompt_ids.dim() == 1:
-            self.negative_prompt_ids = self.negative_prompt_ids[None]
+        self.negative_prompt_ids = None if negative_prompt_ids is None else token_id_rows(
+            negative_prompt_ids, "negative_prompt_ids", vocab_size=model.config.vocab_size, one_row=True)
         self.cache: DynamicCache | None = None
         self.seen = 0  # length of input_ids at the last call, to refuse reuse in a second generate
 
@@ -231,7 +209,7 @@ class CFGLogitsProcessor(LogitsProcessor):
             uncond_ids = uncond_ids.to(input_ids.device).expand(input_ids.shape[0], -1)
             self.cache, self.length = DynamicCache(config=self.model.config), uncond_ids.shape[1]
         elif input_ids.shape[1] != self.seen + 1:
-            raise ValueError("This CFGLogitsProcessor was already used by another generate call: make a new one "
+            raise ValueError("This CFGLogitsProcessor was already used by another generate call. Fix: make a new one "
                              "for each call (it holds the unconditional branch's cache).")
         else:
             uncond_ids, self.length = input_ids[:, -1:], self.length + 1
@@ -243,87 +221,3 @@ class CFGLogitsProcessor(LogitsProcessor):
         if self.guidance_scale == 1:  # as transformers' processor: nothing to guide
             return torch.log_softmax(scores, dim=-1)
         return guide(scores, self._uncond_logits(input_ids), self.guidance_scale, self.blend)
-
-
-# --- measurements ---------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence file descriptor 2: the profiler's C++ side writes start/stop lines there, past Python's sys.stderr."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def peak_tensor_bytes(fn: Callable[[], object]) -> int:
-    """Peak bytes of tensor memory that fn allocated and still held at once (the weights and older tensors excluded).
-
-    Read from the PyTorch profiler's record of every allocation and free made by the CPU (or GPU) allocator
-    while fn ran: the running sum of their sizes, at its highest. This counts the KV caches, the activations
-    of each forward pass (hidden states, attention and MLP intermediates, the logits) and kernel workspaces,
-    and nothing that the Python process holds otherwise (unlike the resident-set size).
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with _quiet_stderr(), profile(activities=activities, profile_memory=True) as prof:
-        fn()
-    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    live = peak = 0
-    for _, nbytes in records:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
-
-
-def cache_bytes(caches) -> int:
-    """Bytes held by the keys and values of these DynamicCaches."""
-    return sum(measured_cache_bytes(cache) for cache in caches)
-
-
-def measure_cfg_paths(model, input_ids, max_new_tokens: int, guidance_scale: float, *, negative_prompt_ids=None,
-                      repeats: int = 3) -> dict:
-    """Time per new token and peak tensor memory of the two-pass and the batched CFG paths, on the same prompt.
-
-    Both paths make exactly max_new_tokens tokens (no stop at the end of turn). For each path, medians over `repeats` runs after one warm-up: prefill_seconds (the time to the first
-    new token: both branches' prompts), decode_seconds_per_token (each later token: one new position per
-    branch) and seconds_per_token (the whole run divided by the new tokens). peak_bytes is
-    peak_tensor_bytes of one run (the most tensor bytes alive at once, weights excluded); cache_bytes the
-    KV cache(s) held at the end. same_tokens says whether both paths wrote the same ids.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}.")
-    if max_new_tokens < 2:
-        raise ValueError(f"max_new_tokens is {max_new_tokens}: ask for at least 2, so that decoding can be timed "
-                         "apart from the prefill.")
-    if guidance_scale == 1:
-        raise ValueError("guidance_scale=1 turns guidance off, so both paths are plain greedy: measure with another "
-                         "scale, e.g. 1.5.")
-    figures, outputs = {}, {}
-    for name, batched in (("two_pass", False), ("batched", True)):
-        def run(batched=batched, clock=None):
-            return _guided_loop(model, input_ids, max_new_tokens, guidance_scale, negative_prompt_ids, batched, None,
-                                clock=clock, stop_at_eos=False)  # always max_new_tokens, as timing runs do
-
-        ids, _, branches = run()  # the warm-up, and the output
-        new_tokens = ids.shape[1] - torch.as_tensor(input_ids).reshape(1, -1).shape[1]
-        prefill, decode, total = [], [], []
-        for _ in range(repeats):
-            start, clock = time.perf_counter(), []
-            run(clock=clock)
-            prefill.append(clock[0] - start)
-            total.append(clock[-1] - start)
-            if len(clock) > 1:
-                decode.append((clock[-1] - clock[0]) / (len(clock) - 1))
-        outputs[name] = ids
-        figures[name] = {"prefill_seconds": statistics.median(prefill),
-                         "decode_seconds_per_token": statistics.median(decode) if decode else float("nan"),
-                         "seconds_per_token": statistics.median(total) / new_tokens, "new_tokens": new_tokens,
-                         "peak_bytes": peak_tensor_bytes(run), "cache_bytes": cache_bytes(branches.caches())}
-    figures["same_tokens"] = torch.equal(outputs["two_pass"], outputs["batched"])
-    return figures

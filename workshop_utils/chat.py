@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .generation import check_max_new_tokens
+from .tokens import _render, check_messages, token_id_rows
 
 ROLES = ("system", "user", "assistant", "tool")  # the roles of the usual chat message format
 IGNORE_INDEX = -100  # labels with this value add nothing to the loss
@@ -23,57 +24,25 @@ Messages = Sequence[Mapping[str, str]]
 # --- conversations and the template ---------------------------------------------------------------
 
 def _check_conversation(messages: Messages, *, for_reply: bool) -> None:
-    """Raise ValueError, naming the fix, if messages is no conversation a template can render."""
-    if isinstance(messages, str):
-        raise ValueError(f"The conversation is a string, not a list of messages: pass "
-                         f"[{{'role': 'user', 'content': {messages!r}}}].")
-    if isinstance(messages, Mapping):
-        raise ValueError("Got one message where a conversation (a list of messages) was expected: wrap it in a "
-                         "list. (chat_turn takes one conversation; chat_replies takes a list of conversations.)")
-    if not isinstance(messages, Sequence) or not messages:
-        raise ValueError("The conversation is empty: pass a list of messages, for example "
-                         "[{'role': 'user', 'content': 'What is 2 + 3?'}].")
+    """Raise ValueError, naming the fix, if messages is no conversation a template can render (or reply to)."""
+    check_messages(messages)
     for i, message in enumerate(messages):
-        if not (isinstance(message, Mapping) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
-            raise ValueError(f"Message {i} is {message!r}: each message must be a dict with a string 'role' "
-                             "and a string 'content', for example {'role': 'user', 'content': 'Hi'}.")
         if message["role"] not in ROLES:
-            raise ValueError(f"Message {i} has the role {message['role']!r}, which chat templates do not know: "
-                             f"use one of {', '.join(map(repr, ROLES))}.")
+            raise ValueError(f"Message {i} has the role {message['role']!r}, which chat templates do not know. "
+                             f"Fix: use one of {', '.join(map(repr, ROLES))}.")
     if for_reply and messages[-1]["role"] == "assistant":
         raise ValueError("The conversation already ends with the assistant's message, so there is nothing to "
-                         "reply to: append the next user message first.")
-
-
-def _render(tokenizer, messages: Messages | Sequence[Messages], **template_kwargs):
-    """apply_chat_template, with the template's own refusals turned into a ValueError that says why."""
-    from jinja2.exceptions import TemplateError
-
-    try:
-        return tokenizer.apply_chat_template(messages, **template_kwargs)
-    except TemplateError as error:
-        raise ValueError(f"The chat template rejects this conversation: {error}. Fix: change the roles to what "
-                         "this template accepts (some templates want user and assistant to alternate, or "
-                         "have no system role: put the system text into the first user message).") from error
+                         "reply to. Fix: append the next user message first.")
 
 
 # --- cutting out the reply ------------------------------------------------------------------------
 
-def _as_ids(ids, name: str) -> list[int]:
-    ids = torch.as_tensor(ids)
-    if ids.dim() == 2 and ids.shape[0] == 1:
-        ids = ids[0]
-    if ids.dim() != 1:
-        raise ValueError(f"{name} has shape {tuple(ids.shape)}: pass one row, for example {name}[0].")
-    return ids.tolist()
-
-
 def extract_response(tokenizer, prompt_ids, output_ids, *, eos_token_id: int | Sequence[int] | None = None) -> str:
     """The reply in generate's output: the ids after the prompt, up to the first end-of-turn id, decoded."""
-    prompt, output = _as_ids(prompt_ids, "prompt_ids"), _as_ids(output_ids, "output_ids")
+    prompt, output = (token_id_rows(ids, name, one_row=True, allow_empty=True)[0].tolist()
+                      for ids, name in ((prompt_ids, "prompt_ids"), (output_ids, "output_ids")))
     if output[:len(prompt)] != prompt:
-        raise ValueError("output_ids do not start with prompt_ids: pass the same row of the prompt and of "
+        raise ValueError("output_ids do not start with prompt_ids. Fix: pass the same row of the prompt and of "
                          "generate's output (generate(inputs_embeds=...) returns only the new ids: then pass "
                          "an empty prompt).")
     ends = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
@@ -88,7 +57,7 @@ def chat_replies(model, tokenizer, conversations: Sequence[Messages], *, max_new
                  **generate_kwargs) -> list[str]:
     """One reply per conversation, generated together as one left-padded batch (greedy unless told)."""
     if not conversations:
-        raise ValueError("No conversations given: pass a list of conversations (each a list of messages).")
+        raise ValueError("No conversations given. Fix: pass a list of conversations (each a list of messages).")
     check_max_new_tokens(max_new_tokens)
     for messages in conversations:
         _check_conversation(messages, for_reply=True)
@@ -118,7 +87,7 @@ def _assistant_span(tokenizer, messages: Messages, i: int, text: str) -> tuple[i
             head = _render(tokenizer, list(messages[:i]), tokenize=False)
         if not text.startswith(head):
             raise ValueError(f"Message {i}: this chat template renders the earlier messages differently once more "
-                             "follow, so the assistant's text cannot be located; build these labels by hand.")
+                             "follow, so the assistant's text cannot be located. Fix: build these labels by hand.")
     turn = _render(tokenizer, list(messages[:i + 1]), tokenize=False)
     turn_end = len(turn) if text.startswith(turn) else len(text)
     content = messages[i]["content"]
@@ -127,7 +96,7 @@ def _assistant_span(tokenizer, messages: Messages, i: int, text: str) -> tuple[i
         if at >= 0:
             return at, at + len(needle), turn_end
     raise ValueError(f"Message {i}: the chat template changed the assistant's text beyond stripping spaces, so it "
-                     "cannot be located in the rendered conversation; build these labels by hand.")
+                     "cannot be located in the rendered conversation. Fix: build these labels by hand.")
 
 
 def assistant_labels(tokenizer, messages: Messages) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +106,8 @@ def assistant_labels(tokenizer, messages: Messages) -> tuple[torch.Tensor, torch
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
     if ids != _render(tokenizer, list(messages), return_dict=False):
-        raise ValueError("Tokenizing the rendered text does not give apply_chat_template's ids; use a fast tokenizer.")
+        raise ValueError("Tokenizing the rendered text does not give apply_chat_template's ids. Fix: use a "
+                         "fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True)).")
     special = set(tokenizer.all_special_ids) | {k for k, t in tokenizer.added_tokens_decoder.items() if t.special}
     labels = [IGNORE_INDEX] * len(ids)
     for i, message in enumerate(messages):
@@ -177,7 +147,7 @@ def arithmetic_questions(n: int, *, seed: int = 0) -> list[tuple[str, int]]:
     ]
     most = len(kinds) * 8  # the dogs question has only 8 versions (2 to 9 dogs); the others have more
     if n > most:
-        raise ValueError(f"n={n}: there are {most} different questions of these kinds; ask for at most {most}.")
+        raise ValueError(f"n={n}: there are {most} different questions of these kinds. Fix: ask for at most {most}.")
     rng = random.Random(seed)
     questions: list[tuple[str, int]] = []
     while len(questions) < n:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .models import context_length
+from .tokens import token_id_rows
 
 __all__ = ["apply_temperature", "top_k_filter", "top_p_filter", "greedy_generate", "sample_generate",
            "compare_with_generate", "Comparison", "check_max_new_tokens"]
@@ -76,15 +77,7 @@ def check_max_new_tokens(max_new_tokens: int) -> None:
 def _prompt(model, input_ids, max_new_tokens: int, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Checked 2-D input_ids and attention_mask; every ValueError comes before any forward pass."""
     check_max_new_tokens(max_new_tokens)
-    ids = torch.as_tensor(input_ids)
-    if ids.dim() == 1:
-        ids = ids[None]
-    if ids.numel() == 0:
-        raise ValueError("The prompt is empty: there is nothing to continue. Fix: pass at least one token, "
-                         "for example tokenizer('Once upon a time', return_tensors='pt').input_ids.")
-    if ids.dim() != 2 or ids.is_floating_point():
-        raise ValueError(f"input_ids must be integer token ids of shape [batch, positions], got {tuple(ids.shape)} "
-                         f"{ids.dtype}. Fix: pass tokenizer(text, return_tensors='pt').input_ids.")
+    ids = token_id_rows(input_ids, "input_ids", vocab_size=getattr(model.config, "vocab_size", None))
     mask = None
     if attention_mask is not None:
         mask = torch.as_tensor(attention_mask).to(ids.device)
@@ -258,10 +251,8 @@ def compare_with_generate(model, input_ids, ours, **generate_kwargs) -> Comparis
     tokenizer = generate_kwargs.pop("tokenizer", None)
     if "stop_strings" in generate_kwargs:
         generate_kwargs["tokenizer"] = tokenizer
-    ids = torch.as_tensor(input_ids)
-    ids = (ids[None] if ids.dim() == 1 else ids).to(model.device)
-    ours = torch.as_tensor(ours)
-    ours = (ours[None] if ours.dim() == 1 else ours).to(model.device)
+    ids = token_id_rows(input_ids, "input_ids").to(model.device)
+    ours = token_id_rows(ours, "ours").to(model.device)
     if ours.shape[0] != ids.shape[0] or ours.shape[1] < ids.shape[1] or not torch.equal(ours[:, :ids.shape[1]], ids):
         raise ValueError(f"ours (shape {tuple(ours.shape)}) must start with the prompt (shape {tuple(ids.shape)}), "
                          "as generate's output does. Fix: pass the full output of your loop, prompt included.")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .display import Rendered, progress, table
-from .models import context_length
-from .timing import median_seconds
+from .timing import check_sweep, median_seconds
 
 
 def head_dim(config) -> int:
@@ -31,12 +29,12 @@ def kv_cache_bytes(config, positions: int, *, batch_size: int = 1, dtype: torch.
     if isinstance(positions, bool) or not isinstance(positions, int) or positions < 0:
         raise ValueError(f"positions must be a whole number >= 0, got {positions!r}. Fix: for example 1024.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}. Fix: for example 1.")
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}.")
+        raise ValueError(f"dtype must be a torch.dtype, got {dtype!r}. Fix: for example torch.float32.")
     heads = kv_heads(config) if n_kv_heads is None else n_kv_heads
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"n_kv_heads must be a whole number >= 1, got {heads!r}.")
+        raise ValueError(f"n_kv_heads must be a whole number >= 1, got {heads!r}. Fix: for example config.num_key_value_heads.")
     element = torch.empty((), dtype=dtype).element_size()
     return config.num_hidden_layers * 2 * heads * head_dim(config) * positions * element * batch_size
 
@@ -71,34 +69,6 @@ def memory_table(config, positions: Sequence[int] = (128, 1024, 8192), *, dtype:
                   f"MiB with {config.num_attention_heads} kv-heads", "MiB saved"], rows)
 
 
-@torch.inference_mode()
-def greedy_step_seconds(model, input_ids: torch.Tensor, n_tokens: int, *, use_cache: bool,
-                        on_step: Callable[[], object] | None = None) -> list[float]:
-    """One greedy run; the seconds each new token took (the first includes the prefill), with or without the cache."""
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}.")
-    ids = input_ids.reshape(1, -1).to(model.device)
-    limit = context_length(model)
-    if limit is not None and ids.shape[1] + n_tokens > limit:
-        raise ValueError(f"{ids.shape[1]} prompt tokens + {n_tokens} new ones exceed the context of {limit}. "
-                         f"Fix: ask for at most {limit - ids.shape[1]} new tokens.")
-    seconds, past_key_values, step_input = [], None, ids
-    for _ in range(n_tokens):
-        start = time.perf_counter()
-        if use_cache:  # feed only the new position; earlier keys and values come from the cache
-            out = model(step_input, past_key_values=past_key_values, use_cache=True, logits_to_keep=1)
-            past_key_values = out.past_key_values
-        else:  # re-feed the whole sequence every step
-            out = model(ids, use_cache=False, logits_to_keep=1)
-        next_token_id = out.logits[:, -1:].argmax(dim=-1)
-        ids = torch.cat([ids, next_token_id], dim=-1)
-        step_input = next_token_id
-        seconds.append(time.perf_counter() - start)
-        if on_step is not None:  # outside the timed part (a progress bar, say)
-            on_step()
-    return seconds
-
-
 @dataclass
 class StepPoint:
     """Time of one decoding step at one sequence length, re-feeding everything against reading the cache."""
@@ -116,14 +86,7 @@ class StepPoint:
 def step_seconds_sweep(model, input_ids: torch.Tensor, lengths: Sequence[int] = (16, 64, 256), *,
                        repeats: int = 3) -> list[StepPoint]:
     """Median time of one new token at each sequence length, without the cache (all positions) and with it (one)."""
-    lengths = list(lengths)
-    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in lengths):
-        raise ValueError(f"lengths must be whole numbers >= 2, got {lengths}. Fix: for example (16, 64, 256).")
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}.")
-    if max(lengths) > input_ids.shape[-1]:
-        raise ValueError(f"The longest length is {max(lengths)} but input_ids holds {input_ids.shape[-1]} tokens. "
-                         f"Fix: pass a longer prompt, e.g. passage_ids(tokenizer, {max(lengths)}).")
+    lengths = check_sweep(lengths, input_ids, repeats, shortest=2)  # one position from the cache, at least
     ids = input_ids.reshape(1, -1).to(model.device)
     points = []
     for n in progress(lengths, desc="with and without the cache"):

@@ -65,9 +65,9 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     chosen = torch.device(device)
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but torch sees no CUDA GPU; use device='cpu' or 'auto'.")
+        raise ValueError(f"device={device!r} but torch sees no CUDA GPU. Fix: use device='cpu' or 'auto'.")
     if chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} but MPS is not available; use device='cpu' or 'auto'.")
+        raise ValueError(f"device={device!r} but MPS is not available. Fix: use device='cpu' or 'auto'.")
     return chosen
 
 

@@ -28,7 +28,7 @@ def strip_solution(source: str, stub: str) -> tuple[str, bool]:
     for line in source.split("\n"):
         if BEGIN in line:
             if inside:
-                raise ValueError(f"nested {BEGIN!r} in:\n{source}")
+                raise ValueError(f"nested {BEGIN!r}. Fix: close each region with {END!r} before the next one. In:\n{source}")
             inside = replaced = True
             indent = re.match(r"\s*", line).group(0)
             lines += [indent + s for s in stub.split("\n")]
@@ -37,7 +37,7 @@ def strip_solution(source: str, stub: str) -> tuple[str, bool]:
         elif not inside:
             lines.append(line)
     if inside:
-        raise ValueError(f"{BEGIN!r} without {END!r} in:\n{source}")
+        raise ValueError(f"{BEGIN!r} without {END!r}. Fix: end the solution with {END!r}. In:\n{source}")
     return "\n".join(lines), replaced
 
 
@@ -49,7 +49,8 @@ def student_version(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         stub = CODE_STUB if cell.cell_type == "code" else TEXT_STUB
         cell.source, replaced = strip_solution(cell.source, stub)
         if replaced and not meta.get("solution"):
-            raise ValueError(f"cell {index} has a solution region but no nbgrader solution metadata")
+            raise ValueError(f"cell {index} has a solution region but no nbgrader solution metadata. Fix: set "
+                             '"solution": true in the cell\'s nbgrader metadata.')
         if meta.get("solution") and not replaced:
             cell.source = stub
         if cell.cell_type == "code" and (meta.get("solution") or meta.get("grade")):

@@ -1,35 +1,53 @@
-"""Measure time and memory honestly: warm-up, repeats, median; prefill against decode."""
+"""Measure time and memory honestly, all in one place: warm-up, repeats, median; prefill against decode.
+
+The timers of notebooks 02 (prefill and decode) and 06 (two-pass against batched guidance), and those the
+bench (bench.py) reports: memory bandwidth, peak memory, manual loop against generate.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .display import Rendered, progress, table
+from .models import context_length
 
 # Plain English to time prompts with: the content does not change the time, only the length does.
 PASSAGE = ("The river runs past the old mill and under the stone bridge, where children wait for the boats "
            "to come back in the evening.")
 
 
+def _check_repeats(repeats: int) -> None:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats!r}. Fix: repeats=3 takes the median of 3 runs.")
+
+
+def interleaved_medians(fns: Sequence[Callable[[], object]], *, repeats: int = 3) -> list[float]:
+    """Median wall time of each fn, run in turns (fn 1, fn 2, ..., then again), so that a slow spell hits all alike."""
+    _check_repeats(repeats)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, fn_times in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            fn_times.append(time.perf_counter() - start)
+    return [statistics.median(fn_times) for fn_times in times]
+
+
 def median_seconds(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) -> float:
     """Run fn warmup times untimed, then repeats times; return the median wall time in seconds."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    _check_repeats(repeats)
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved_medians([fn], repeats=repeats)[0]
 
 
 @torch.inference_mode()
@@ -39,27 +57,51 @@ def prefill_seconds(model, input_ids: torch.Tensor, *, logits_to_keep: int = 0, 
 
 
 @torch.inference_mode()
-def prefill_then_decode(model, input_ids: torch.Tensor, n_tokens: int = 8) -> tuple[float, float]:
-    """One timed run: seconds to the first new token (prefill), then seconds per decoded token after it."""
+def greedy_step_seconds(model, input_ids: torch.Tensor, n_tokens: int, *, use_cache: bool,
+                        on_step: Callable[[], object] | None = None) -> list[float]:
+    """One greedy run; the seconds each new token took (the first includes the prefill), with or without the cache."""
     if n_tokens < 1:
-        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}")
-    start = time.perf_counter()
-    out = model(input_ids, use_cache=True, logits_to_keep=1)  # all prompt positions in one pass
-    cache, next_id = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    first = time.perf_counter()
-    for _ in range(n_tokens):  # then one position per pass, reading the cache
-        out = model(next_id, past_key_values=cache, use_cache=True)
-        cache, next_id = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    return first - start, (time.perf_counter() - first) / n_tokens
+        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}. Fix: for example n_tokens=16.")
+    ids = input_ids.reshape(1, -1).to(model.device)
+    limit = context_length(model)
+    if limit is not None and ids.shape[1] + n_tokens > limit:
+        raise ValueError(f"{ids.shape[1]} prompt tokens + {n_tokens} new ones exceed the context of {limit}. "
+                         f"Fix: ask for at most {limit - ids.shape[1]} new tokens.")
+    seconds, past_key_values, step_input = [], None, ids
+    for _ in range(n_tokens):
+        start = time.perf_counter()
+        if use_cache:  # feed only the new position; earlier keys and values come from the cache
+            out = model(step_input, past_key_values=past_key_values, use_cache=True, logits_to_keep=1)
+            past_key_values = out.past_key_values
+        else:  # re-feed the whole sequence every step
+            out = model(ids, use_cache=False, logits_to_keep=1)
+        next_token_id = out.logits[:, -1:].argmax(dim=-1)
+        ids = torch.cat([ids, next_token_id], dim=-1)
+        step_input = next_token_id
+        seconds.append(time.perf_counter() - start)
+        if on_step is not None:  # outside the timed part (a progress bar, say)
+            on_step()
+    return seconds
+
+
+def prefill_then_decode(model, input_ids: torch.Tensor, n_tokens: int = 8) -> tuple[float, float]:
+    """One timed greedy run: seconds to the first new token (prefill), then seconds per decoded token after it."""
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}. Fix: n_tokens=8 times 8 decoded tokens.")
+    seconds = greedy_step_seconds(model, input_ids, n_tokens + 1, use_cache=True)
+    return seconds[0], sum(seconds[1:]) / n_tokens
 
 
 def decode_seconds_per_token(model, input_ids: torch.Tensor, n_tokens: int = 16, *, repeats: int = 3) -> float:
     """Median time per new token when decoding one position per pass with the KV cache."""
     if n_tokens < 1 or repeats < 1:
-        raise ValueError(f"n_tokens and repeats must be at least 1, got {n_tokens} and {repeats}")
+        raise ValueError(f"n_tokens and repeats must be at least 1, got {n_tokens} and {repeats}. Fix: for "
+                         "example n_tokens=16, repeats=3.")
     prefill_then_decode(model, input_ids, n_tokens)  # warm-up
     return statistics.median(prefill_then_decode(model, input_ids, n_tokens)[1] for _ in range(repeats))
 
+
+# --- memory: peak resident, peak tensor bytes, bandwidth ---------------------------------------------
 
 def peak_memory_mib() -> float:
     """Peak resident memory of this process so far, in MiB (NaN where the OS does not say)."""
@@ -71,12 +113,132 @@ def peak_memory_mib() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2: the profiler's C++ side writes start/stop lines there, past Python's sys.stderr."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_tensor_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes of tensor memory that fn allocated and still held at once (the weights and older tensors excluded).
+
+    Read from the PyTorch profiler's record of every allocation and free made by the CPU (or GPU) allocator
+    while fn ran: the running sum of their sizes, at its highest. This counts the KV caches, the activations
+    of each forward pass (hidden states, attention and MLP intermediates, the logits) and kernel workspaces,
+    and nothing that the Python process holds otherwise (unlike the resident-set size).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with _quiet_stderr(), profile(activities=activities, profile_memory=True) as prof:
+        fn()
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in records:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights read for one decoded token: every weight once, but one row of an untied input embedding."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() counts tied weights once
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    if output is None or output.weight is not embedding:  # untied: the lookup reads a single row
+        total -= (embedding.shape[0] - 1) * embedding.shape[1] * embedding.element_size()
+    return total
+
+
+def copy_bandwidth(n_bytes: int = 1 << 30, repeats: int = 3) -> float:
+    """Memory bandwidth in bytes/s from dst.copy_(src) of n_bytes: each copy reads n_bytes and writes n_bytes."""
+    src = torch.ones(n_bytes // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    seconds = median_seconds(lambda: dst.copy_(src), repeats=repeats, warmup=1)
+    return 2 * src.numel() * 4 / seconds
+
+
+# --- classifier-free guidance, two passes against one doubled batch (notebook 06) --------------------
+
+def cache_bytes(caches) -> int:
+    """Bytes held by the keys and values of these DynamicCaches."""
+    from .kv_cache import measured_cache_bytes  # (kv_cache imports this module)
+
+    return sum(measured_cache_bytes(cache) for cache in caches)
+
+
+def measure_cfg_paths(model, input_ids, max_new_tokens: int, guidance_scale: float, *, negative_prompt_ids=None,
+                      repeats: int = 3) -> dict:
+    """Time per new token and peak tensor memory of the two-pass and the batched CFG paths, on the same prompt.
+
+    Both paths make exactly max_new_tokens tokens (no stop at the end of turn). For each path, medians over `repeats` runs after one warm-up: prefill_seconds (the time to the first
+    new token: both branches' prompts), decode_seconds_per_token (each later token: one new position per
+    branch) and seconds_per_token (the whole run divided by the new tokens). peak_bytes is
+    peak_tensor_bytes of one run (the most tensor bytes alive at once, weights excluded); cache_bytes the
+    KV cache(s) held at the end. same_tokens says whether both paths wrote the same ids.
+    """
+    from .cfg import _guided_loop  # (cfg's own loop, with a clock; cfg is imported only when needed)
+
+    _check_repeats(repeats)
+    if max_new_tokens < 2:
+        raise ValueError(f"max_new_tokens is {max_new_tokens}, so decoding cannot be timed apart from "
+                         "the prefill. Fix: ask for at least 2.")
+    if guidance_scale == 1:
+        raise ValueError("guidance_scale=1 turns guidance off, so both paths are plain greedy. Fix: measure with "
+                         "another scale, e.g. 1.5.")
+    figures, outputs = {}, {}
+    for name, batched in (("two_pass", False), ("batched", True)):
+        def run(batched=batched, clock=None):
+            return _guided_loop(model, input_ids, max_new_tokens, guidance_scale, negative_prompt_ids, batched, None,
+                                clock=clock, stop_at_eos=False)  # always max_new_tokens, as timing runs do
+
+        ids, _, branches = run()  # the warm-up, and the output
+        new_tokens = ids.shape[1] - torch.as_tensor(input_ids).reshape(1, -1).shape[1]
+        prefill, decode, total = [], [], []
+        for _ in range(repeats):
+            start, clock = time.perf_counter(), []
+            run(clock=clock)
+            prefill.append(clock[0] - start)
+            total.append(clock[-1] - start)
+            if len(clock) > 1:
+                decode.append((clock[-1] - clock[0]) / (len(clock) - 1))
+        outputs[name] = ids
+        figures[name] = {"prefill_seconds": statistics.median(prefill),
+                         "decode_seconds_per_token": statistics.median(decode) if decode else float("nan"),
+                         "seconds_per_token": statistics.median(total) / new_tokens, "new_tokens": new_tokens,
+                         "peak_bytes": peak_tensor_bytes(run), "cache_bytes": cache_bytes(branches.caches())}
+    figures["same_tokens"] = torch.equal(outputs["two_pass"], outputs["batched"])
+    return figures
+
+
+# --- prefill against decode over prompt lengths (notebook 02) ------------------------------------------
+
 def passage_ids(tokenizer, n_tokens: int) -> torch.Tensor:
     """Ids [1, n_tokens] of a plain passage repeated and cut to exactly n_tokens tokens."""
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be at least 1, got {n_tokens}. Fix: ask for a prompt of 1 token or more.")
     piece = tokenizer(" " + PASSAGE, add_special_tokens=False).input_ids  # the space joins the passage's repeats
     return torch.tensor([(piece * (n_tokens // len(piece) + 1))[:n_tokens]])
+
+
+def check_sweep(lengths: Sequence[int], input_ids: torch.Tensor, repeats: int, *, shortest: int = 1) -> list[int]:
+    """The prompt lengths of a sweep, checked: whole numbers >= shortest, none beyond input_ids; repeats >= 1."""
+    lengths = list(lengths)
+    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < shortest for n in lengths):
+        raise ValueError(f"lengths must be positive whole numbers of at least {shortest}, got {lengths}. Fix: for "
+                         "example (16, 64, 256).")
+    _check_repeats(repeats)
+    if max(lengths) > input_ids.shape[-1]:
+        raise ValueError(f"The longest length is {max(lengths)} but input_ids holds {input_ids.shape[-1]} tokens. "
+                         f"Fix: pass a longer prompt, e.g. passage_ids(tokenizer, {max(lengths)}).")
+    return lengths
 
 
 @dataclass
@@ -99,15 +261,10 @@ class SweepPoint:
 def prefill_decode_sweep(model, input_ids: torch.Tensor, lengths: Sequence[int] = (16, 64, 256, 1024), *,
                          n_tokens: int = 8, repeats: int = 2) -> list[SweepPoint]:
     """Time prefill and decode for prompts made of the first `length` ids of input_ids, for each length."""
-    lengths = list(lengths)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if not lengths or any(not isinstance(n, int) or n < 1 for n in lengths):
-        raise ValueError(f"lengths must be positive whole numbers, got {lengths}. Fix: for example (16, 64, 256, 1024).")
-    if n_tokens < 1 or repeats < 1:
-        raise ValueError(f"n_tokens and repeats must be at least 1, got {n_tokens} and {repeats}.")
-    if max(lengths) > input_ids.shape[-1]:
-        raise ValueError(f"The longest length is {max(lengths)} but input_ids holds {input_ids.shape[-1]} tokens. "
-                         f"Fix: pass a longer prompt, e.g. passage_ids(tokenizer, {max(lengths)}).")
+    lengths = check_sweep(lengths, input_ids, repeats)
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}. Fix: for example n_tokens=8.")
+    limit = context_length(model)
     if limit is not None and max(lengths) + n_tokens > limit:
         raise ValueError(f"{max(lengths)} prompt tokens + {n_tokens} new ones exceed the context of {limit}. "
                          f"Fix: keep lengths at or below {limit - n_tokens}.")

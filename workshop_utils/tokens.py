@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -46,27 +46,43 @@ def _is_byte_level(tokenizer) -> bool:
     return backend is not None and type(backend.decoder).__name__ == "ByteLevel"
 
 
+def token_id_rows(ids, name: str = "token ids", *, vocab_size: int | None = None, one_row: bool = False,
+                  allow_empty: bool = False) -> torch.LongTensor:
+    """Token ids as a LongTensor [rows, positions], checked: the package's one normaliser of ids.
+
+    A list or a 1-D tensor is one row. ValueError, naming the fix, for floats, a shape that is no
+    [rows, positions], no ids at all (unless allow_empty), ids outside 0 .. vocab_size - 1 (when given),
+    or more than one row when one_row.
+    """
+    ids = torch.as_tensor(ids)
+    rows = ids[None] if ids.dim() == 1 else ids
+    if rows.dim() != 2 or (one_row and rows.shape[0] != 1):
+        raise ValueError(f"Expected one sequence of token ids in {name}, got shape {tuple(ids.shape)}. Fix: pass one "
+                         f"row (one prompt), for example {name}[0]; for a batch, loop over its rows."
+                         if one_row else
+                         f"{name} must be token ids of shape [batch, positions], got shape {tuple(ids.shape)}. "
+                         "Fix: pass tokenizer(text, return_tensors='pt').input_ids.")
+    if rows.is_floating_point() or rows.dtype in (torch.bool, torch.complex64, torch.complex128):
+        raise ValueError(f"Token ids must be integers, got {rows.dtype} values in {name}. Fix: pass input_ids, "
+                         "not logits or probabilities.")
+    if rows.shape[1] == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty: there is no token to work on. Fix: pass at least one token id, for "
+                         "example tokenizer('Once upon a time', return_tensors='pt').input_ids.")
+    if vocab_size is not None and rows.numel():
+        outside = rows[(rows < 0) | (rows >= vocab_size)]
+        if outside.numel():
+            raise ValueError(f"Token id {int(outside[0])} is outside this tokenizer's vocabulary (ids 0 to "
+                             f"{vocab_size - 1}), in {name}. Fix: pass ids made by this model's own tokenizer.")
+    return rows.long()
+
+
 def as_token_ids(tokenizer, text_or_ids: str | Sequence[int] | torch.Tensor) -> list[int]:
-    """Token ids of a text (as tokenizer(text) gives them) or checked ids; ValueError on bad input."""
+    """Token ids of a text (as tokenizer(text) gives them) or checked ids of one sequence; ValueError on bad input."""
     if isinstance(text_or_ids, str):
         if not text_or_ids:
             raise ValueError("The text is empty, so there are no tokens to show. Fix: pass at least one character.")
         return list(tokenizer(text_or_ids).input_ids)
-    ids = torch.as_tensor(text_or_ids)
-    if ids.dim() == 2 and ids.shape[0] == 1:
-        ids = ids[0]
-    if ids.dim() != 1:
-        raise ValueError(f"Expected one sequence of token ids, got shape {tuple(ids.shape)}. Fix: pass one row, "
-                         "for example input_ids[0].")
-    if ids.numel() == 0:
-        raise ValueError("The list of token ids is empty. Fix: pass at least one id.")
-    if ids.is_floating_point():
-        raise ValueError("Token ids must be integers, got floats. Fix: pass input_ids, not logits or probabilities.")
-    bad = [int(i) for i in ids if not 0 <= int(i) < len(tokenizer)]
-    if bad:
-        raise ValueError(f"Token id {bad[0]} is outside this tokenizer's vocabulary (ids 0 to {len(tokenizer) - 1}). "
-                         "Fix: pass ids made by this same tokenizer.")
-    return [int(i) for i in ids]
+    return token_id_rows(text_or_ids, vocab_size=len(tokenizer), one_row=True)[0].tolist()
 
 
 def describe_tokens(tokenizer, text_or_ids) -> list[Token]:
@@ -136,8 +152,34 @@ def show_tokens(tokenizer, text_or_ids) -> Rendered:
                     f"{summary}\n{chips_text}")
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def check_messages(messages) -> None:
+    """Raise ValueError, naming the fix, unless messages is a non-empty list of {'role': str, 'content': str}."""
+    if isinstance(messages, str):
+        raise ValueError(f"The conversation is a string, not a list of messages: pass "
+                         f"[{{'role': 'user', 'content': {messages!r}}}].")
+    if isinstance(messages, Mapping):
+        raise ValueError("Got one message where a conversation (a list of messages) was expected. Fix: wrap it in a "
+                         "list. (chat_turn takes one conversation; chat_replies takes a list of conversations.)")
+    if not isinstance(messages, Sequence) or not messages:
+        raise ValueError("messages is empty: a conversation needs at least one message. Fix: pass a list like "
+                         "[{'role': 'user', 'content': 'What is 2 + 3?'}].")
+    for i, message in enumerate(messages):
+        if not (isinstance(message, Mapping) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            raise ValueError(f"Message {i} is {message!r}. Fix: each message must be a dict with a string 'role' "
+                             "and a string 'content', for example {'role': 'user', 'content': 'Hi'}.")
+
+
+def _render(tokenizer, messages, **template_kwargs):
+    """apply_chat_template, with the template's own refusals turned into a ValueError that says why."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, **template_kwargs)
+    except TemplateError as error:
+        raise ValueError(f"The chat template rejects this conversation: {error}. Fix: change the roles to what "
+                         "this template accepts (some templates want user and assistant to alternate, or "
+                         "have no system role: put the system text into the first user message).") from error
 
 
 def _default_system_length(tokenizer, first: dict) -> int:
@@ -146,22 +188,19 @@ def _default_system_length(tokenizer, first: dict) -> int:
         return 0
     system = {"role": "system", "content": "x"}
     try:
-        own = len(_render(tokenizer, [system, first])) - len(_render(tokenizer, [system]))
-    except Exception:  # a template that refuses system messages adds none either
+        with_first = _render(tokenizer, [system, first], tokenize=False)
+        own = len(with_first) - len(_render(tokenizer, [system], tokenize=False))
+    except ValueError:  # a template that refuses system messages adds none either
         return 0
-    return max(len(_render(tokenizer, [first])) - own, 0)
+    return max(len(_render(tokenizer, [first], tokenize=False)) - own, 0)
 
 
 def chat_segments(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[tuple[str, str]]:
     """The rendered chat cut into (role, text) pieces: one per message, plus what the template adds."""
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError("messages is empty. Fix: pass a list like [{'role': 'user', 'content': 'Hi'}].")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ValueError(f"Message {i} is {m!r}. Fix: every message is a dict with a 'role' and a 'content' string.")
+    check_messages(messages)
     segments, done = [], ""
     for i in range(len(messages)):
-        text = _render(tokenizer, list(messages[: i + 1]))
+        text = _render(tokenizer, list(messages[: i + 1]), tokenize=False)
         if not text.startswith(done):
             raise ValueError("This chat template rewrites earlier turns when a turn is added, so turns cannot be "
                              "coloured one by one. Fix: use show_tokens on the rendered text instead.")
@@ -172,7 +211,8 @@ def chat_segments(tokenizer, messages: list[dict], add_generation_prompt: bool =
         segments.append((messages[i]["role"], piece))
         done = text
     if add_generation_prompt:
-        segments.append((GENERATION_PROMPT, _render(tokenizer, list(messages), True)[len(done):]))
+        segments.append((GENERATION_PROMPT, _render(tokenizer, list(messages), tokenize=False,
+                                                    add_generation_prompt=True)[len(done):]))
     return [(role, text) for role, text in segments if text]
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .core import CheckFailed, first_difference
+from .core import CheckFailed, first_difference, flat_ints
 
 
 def check_replies(name: str, answer: Sequence[str], expected: Sequence[str], eos_token: str = "<|im_end|>") -> None:
@@ -37,8 +37,8 @@ def check_replies(name: str, answer: Sequence[str], expected: Sequence[str], eos
 def check_labels(name: str, answer, expected, tokenizer) -> None:
     """Compare loss labels for a conversation; name the first wrong position, its token and what belongs there."""
     __tracebackhide__ = True  # noqa: F841
-    a = [int(t) for t in torch.as_tensor(answer).flatten()]
-    e = [int(t) for t in torch.as_tensor(expected).flatten()]
+    a = flat_ints(answer)
+    e = flat_ints(expected)
     if len(a) != len(e):
         raise CheckFailed(f"{name}: you have {len(a)} labels, expected {len(e)}: one label per input id.")
     for i, (x, y) in enumerate(zip(a, e)):

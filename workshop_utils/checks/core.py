@@ -19,6 +19,11 @@ class CheckFailed(AssertionError):
     """The learner's answer differs from the reference; the message says where and how."""
 
 
+def flat_ints(values) -> list[int]:
+    """Ids or labels in any form (list, tensor, one row or several) as one flat list of Python ints."""
+    return [int(t) for t in torch.as_tensor(values).flatten()]
+
+
 def _snippet(text: str, at: int, radius: int = 12) -> str:
     start = max(at - radius, 0)
     return repr(text[start:at]) + " ▶ " + repr(text[at:at + radius])
@@ -122,8 +127,8 @@ def check_true(name: str, condition: bool, explanation: str) -> None:
 def check_token_ids(name: str, answer, expected, tokenizer) -> None:
     """Compare two token-id sequences and name the first differing position with both tokens."""
     __tracebackhide__ = True  # noqa: F841
-    a = [int(t) for t in torch.as_tensor(answer).flatten()]
-    e = [int(t) for t in torch.as_tensor(expected).flatten()]
+    a = flat_ints(answer)
+    e = flat_ints(expected)
     for i, (x, y) in enumerate(zip(a, e)):
         if x != y:
             raise CheckFailed(

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import torch
 
-from .core import CheckFailed
+from .core import CheckFailed, flat_ints
 
 
 def check_first_correct_position(name: str, answer, logits, input_ids, tokenizer) -> None:
     """The first position whose top-1 prediction is the token that really came next (position p predicts p + 1)."""
     __tracebackhide__ = True  # noqa: F841
-    ids = [int(t) for t in torch.as_tensor(input_ids).flatten()]
+    ids = flat_ints(input_ids)
     top1 = [int(t) for t in torch.as_tensor(logits).reshape(-1, torch.as_tensor(logits).shape[-1]).argmax(-1)]
     right = [p for p in range(len(ids) - 1) if top1[p] == ids[p + 1]]
     expected = right[0] if right else None
@@ -46,7 +46,8 @@ def check_decode_timing(name: str, ttft, seconds_per_token, timestamps) -> None:
     __tracebackhide__ = True  # noqa: F841
     t = [float(x) for x in timestamps]
     if len(t) < 3:
-        raise ValueError(f"timestamps needs a start and at least two tokens, got {len(t)} values.")
+        raise ValueError(f"timestamps needs a start and at least two tokens, got {len(t)} values. Fix: pass "
+                         "the start time, then one perf_counter() reading after each new token.")
     expected_ttft, expected_per_token = t[1] - t[0], (t[-1] - t[1]) / (len(t) - 2)
     for label, value in (("ttft", ttft), ("seconds_per_token", seconds_per_token)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import torch
 
-from .core import CheckFailed
+from .core import CheckFailed, flat_ints
 
 
 def check_spliced_labels(name: str, answer, expected) -> None:
     """Compare labels after the image splice; name the first wrong position and what belongs there."""
     __tracebackhide__ = True  # noqa: F841
-    a = [int(t) for t in torch.as_tensor(answer).flatten()]
-    e = [int(t) for t in torch.as_tensor(expected).flatten()]
+    a = flat_ints(answer)
+    e = flat_ints(expected)
     if len(a) != len(e):
         raise CheckFailed(
             f"{name}: you have {len(a)} labels, expected {len(e)}: one label per position of the spliced "
@@ -27,8 +26,8 @@ def check_spliced_labels(name: str, answer, expected) -> None:
 def check_expanded_ids(name: str, answer, expected, image_token_id: int) -> None:
     """Compare LLaVA-style input ids (one placeholder per image feature) and say what is off."""
     __tracebackhide__ = True  # noqa: F841
-    a = [int(t) for t in torch.as_tensor(answer).flatten()]
-    e = [int(t) for t in torch.as_tensor(expected).flatten()]
+    a = flat_ints(answer)
+    e = flat_ints(expected)
     have, need = a.count(image_token_id), e.count(image_token_id)
     if have != need:
         raise CheckFailed(

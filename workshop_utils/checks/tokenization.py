@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from .core import CheckFailed, first_difference
+from .core import CheckFailed, first_difference, flat_ints
 
 
 def check_token_count(name: str, answer, text: str, tokenizer) -> None:
@@ -25,7 +24,7 @@ def check_token_count(name: str, answer, text: str, tokenizer) -> None:
 def check_reply_cut(name: str, answer, output_ids, n_prompt_tokens: int, tokenizer) -> None:
     """Compare a reply with the ids after the prompt, decoded without special tokens; name the wrong cut."""
     __tracebackhide__ = True  # noqa: F841
-    ids = [int(t) for t in torch.as_tensor(output_ids).flatten()]
+    ids = flat_ints(output_ids)
     expected = tokenizer.decode(ids[n_prompt_tokens:], skip_special_tokens=True)
     if not isinstance(answer, str):
         raise CheckFailed(f"{name}: expected a string, got {type(answer).__name__}: decode the ids with tokenizer.decode.")
@@ -51,7 +50,7 @@ def check_reply_cut(name: str, answer, output_ids, n_prompt_tokens: int, tokeniz
 def check_stream_pieces(name: str, pieces, token_ids, tokenizer) -> None:
     """Streaming decode: one printed piece per token, none with a broken character, all adding up to the text."""
     __tracebackhide__ = True  # noqa: F841
-    ids = [int(t) for t in torch.as_tensor(token_ids).flatten()]
+    ids = flat_ints(token_ids)
     if not isinstance(pieces, (list, tuple)) or not all(isinstance(p, str) for p in pieces):
         raise CheckFailed(f"{name}: expected a list of strings (one per token), got {type(pieces).__name__}.")
     for i, piece in enumerate(pieces):
