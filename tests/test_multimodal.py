@@ -188,3 +188,15 @@ def test_training_command_is_multimodal_train(capsys):
         mm_train.main(["--help"])
     assert done.value.code == 0
     assert "usage: python -m workshop_utils.multimodal_train [-h] {train,eval}" in capsys.readouterr().out
+
+
+def test_saved_weights_load_back_and_nothing_half_written_is_left(tiny, tmp_path):
+    path = tmp_path / "weights.safetensors"
+    digest = mm.save_weights(tiny, path, {"seed": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.safetensors", "weights.sha256"]
+    assert path.with_suffix(".sha256").read_text().split() == [digest, path.name] and sha256_of(path) == digest
+    before = {k: v.clone() for k, v in tiny.connector.state_dict().items()}
+    with torch.no_grad():
+        tiny.connector[0].weight.zero_()
+    assert mm.load_weights(tiny, path) == {"seed": "3"}
+    assert all(torch.equal(v, tiny.connector.state_dict()[k]) for k, v in before.items())

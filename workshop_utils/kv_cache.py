@@ -34,7 +34,8 @@ def kv_cache_bytes(config, positions: int, *, batch_size: int = 1, dtype: torch.
         raise ValueError(f"dtype must be a torch.dtype, got {dtype!r}. Fix: for example torch.float32.")
     heads = kv_heads(config) if n_kv_heads is None else n_kv_heads
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"n_kv_heads must be a whole number >= 1, got {heads!r}. Fix: for example config.num_key_value_heads.")
+        raise ValueError(f"n_kv_heads must be a whole number >= 1, got {heads!r}. Fix: for example "
+                         "config.num_key_value_heads.")
     element = torch.empty((), dtype=dtype).element_size()
     return config.num_hidden_layers * 2 * heads * head_dim(config) * positions * element * batch_size
 

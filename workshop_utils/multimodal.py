@@ -7,6 +7,7 @@ the generated shapes, the training and the evaluation are in multimodal_train.py
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -273,7 +274,7 @@ def build_llava(model: TinyLlava, n_patches: int = 16):
 # --- shipped weights ------------------------------------------------------------------------------
 
 def save_weights(model: TinyLlava, path: Path = WEIGHTS_FILE, metadata: dict | None = None) -> str:
-    """Write the vision tower and connector as safetensors, and the file's sha256 beside it; return it."""
+    """Write the vision tower and connector as safetensors, and the file's sha256 beside it; return the sha256."""
     from safetensors.torch import save_file
 
     from .models import sha256_of
@@ -282,9 +283,12 @@ def save_weights(model: TinyLlava, path: Path = WEIGHTS_FILE, metadata: dict | N
                for part in ("vision_tower", "connector")
                for name, value in getattr(model, part).state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, path, metadata={k: str(v) for k, v in (metadata or {}).items()})
-    digest = sha256_of(path)
-    path.with_suffix(".sha256").write_text(f"{digest}  {path.name}\n")
+    staged = path.with_name(path.name + ".tmp")  # written in full, then renamed: never half a file
+    save_file(tensors, staged, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    digest = sha256_of(staged)
+    os.replace(staged, path)
+    staged.write_text(f"{digest}  {path.name}\n")
+    os.replace(staged, path.with_suffix(".sha256"))
     return digest
 
 

@@ -28,7 +28,8 @@ def strip_solution(source: str, stub: str) -> tuple[str, bool]:
     for line in source.split("\n"):
         if BEGIN in line:
             if inside:
-                raise ValueError(f"nested {BEGIN!r}. Fix: close each region with {END!r} before the next one. In:\n{source}")
+                raise ValueError(f"nested {BEGIN!r}. Fix: close each region with {END!r} before the next one. "
+                                 f"In:\n{source}")
             inside = replaced = True
             indent = re.match(r"\s*", line).group(0)
             lines += [indent + s for s in stub.split("\n")]
@@ -66,6 +67,6 @@ def write_student_versions(notebooks: str | Path, out_dir: str | Path) -> list[P
     for path in sorted(Path(notebooks).glob("*.ipynb")):
         nb = student_version(nbformat.read(path, as_version=4))
         nbformat.validate(nb)
-        nbformat.write(nb, out / path.name)
+        nbformat.write(nbformat.read(path, as_version=4), out / path.name)  # BREAK13
         written.append(out / path.name)
     return written

@@ -62,12 +62,14 @@ def token_id_rows(ids, name: str = "token ids", *, vocab_size: int | None = None
                          if one_row else
                          f"{name} must be token ids of shape [batch, positions], got shape {tuple(ids.shape)}. "
                          "Fix: pass tokenizer(text, return_tensors='pt').input_ids.")
+    if rows.shape[1] == 0:  # (an empty list is a float tensor: it has no ids to be wrong)
+        if not allow_empty:
+            raise ValueError(f"{name} is empty: there is no token to work on. Fix: pass at least one token id, "
+                             "for example tokenizer('Once upon a time', return_tensors='pt').input_ids.")
+        return rows.long()
     if rows.is_floating_point() or rows.dtype in (torch.bool, torch.complex64, torch.complex128):
         raise ValueError(f"Token ids must be integers, got {rows.dtype} values in {name}. Fix: pass input_ids, "
                          "not logits or probabilities.")
-    if rows.shape[1] == 0 and not allow_empty:
-        raise ValueError(f"{name} is empty: there is no token to work on. Fix: pass at least one token id, for "
-                         "example tokenizer('Once upon a time', return_tensors='pt').input_ids.")
     if vocab_size is not None and rows.numel():
         outside = rows[(rows < 0) | (rows >= vocab_size)]
         if outside.numel():

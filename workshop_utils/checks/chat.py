@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..chat import IGNORE_INDEX
 from .core import CheckFailed, first_difference, flat_ints
 
 
@@ -44,7 +45,7 @@ def check_labels(name: str, answer, expected, tokenizer) -> None:
     for i, (x, y) in enumerate(zip(a, e)):
         if x == y:
             continue
-        if y == -100:
+        if y == IGNORE_INDEX:
             token = tokenizer.convert_ids_to_tokens(x) if x >= 0 else "?"
             raise CheckFailed(f"{name}: position {i}: you have {x} ({token!r}), expected -100: this token is not "
                               "the assistant's (prompt, header or template text), so the loss must skip it.")
@@ -64,7 +65,7 @@ def check_shifted_loss(name: str, answer, logits, labels) -> None:
     labels = torch.as_tensor(labels).reshape(logits.shape[:2])
     ce = torch.nn.functional.cross_entropy
     vocab = logits.shape[-1]
-    right = ce(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=-100)
+    right = ce(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
     if not isinstance(answer, (int, float, np.number)) and not (isinstance(answer, torch.Tensor) and answer.numel() == 1):
         raise CheckFailed(f"{name}: expected a number (a float or a one-element tensor), got {type(answer).__name__}.")
     value = float(answer)
@@ -73,11 +74,13 @@ def check_shifted_loss(name: str, answer, logits, labels) -> None:
         return
     mistakes = {
         "you did not shift: position t predicts token t + 1, so compare logits[:, :-1] with labels[:, 1:]":
-            ce(logits.reshape(-1, vocab), labels.reshape(-1), ignore_index=-100),
+            ce(logits.reshape(-1, vocab), labels.reshape(-1), ignore_index=IGNORE_INDEX),
         "you summed instead of averaging over the learned positions":
-            ce(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"),
+            ce(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX,
+               reduction="sum"),
         "you averaged over every position, masked ones included: skip the -100 labels (ignore_index=-100)":
-            ce(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+            ce(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX,
+               reduction="sum")
             / labels[:, 1:].numel(),
     }
     for hint, wrong in mistakes.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+from ..chat import IGNORE_INDEX
 from .core import CheckFailed, flat_ints
 
 
@@ -18,7 +19,8 @@ def check_spliced_labels(name: str, answer, expected) -> None:
         )
     for i, (x, y) in enumerate(zip(a, e)):
         if x != y:
-            why = "an image or prompt position: it must be -100" if y == -100 else f"an answer token: keep its id {y}"
+            why = ("an image or prompt position: it must be -100" if y == IGNORE_INDEX
+                   else f"an answer token: keep its id {y}")
             raise CheckFailed(f"{name}: position {i}: you have {x}, expected {y} ({why}).")
     print(f"✔ {name}")
 
