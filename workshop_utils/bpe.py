@@ -95,14 +95,14 @@ class ByteLevelBPE:
                    rules=_rules(spec.get("pre_tokenizer")), ignore_merges=bool(model.get("ignore_merges")))
 
     def pre_tokenize(self, text: str) -> list[str]:
-        """Cut text into words with the rules in order, each rule cutting every piece the previous one left."""
+        """Words of text in byte characters: the rules in order, each cutting every piece the previous one left."""
         pieces = [text]
         for kind, pattern in self.rules:
             if kind == "prefix_space":
                 pieces = [p if p.startswith(" ") else " " + p for p in pieces]
             else:
                 pieces = [part for p in pieces for part in _isolate(p, pattern)]
-        return pieces
+        return ["".join(BYTE_TO_CHAR[b] for b in p.encode("utf-8")) for p in pieces]
 
     def bpe(self, word: str) -> list[str]:
         """Merge one word's byte characters: the lowest-rank pair first, until no pair has a merge."""
@@ -119,8 +119,7 @@ class ByteLevelBPE:
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of text with no added-token pass: pre-tokenize, map bytes to characters, merge each word."""
         ids = []
-        for piece in self.pre_tokenize(text):
-            word = "".join(BYTE_TO_CHAR[b] for b in piece.encode("utf-8"))
+        for word in self.pre_tokenize(text):
             if word not in self.cache:
                 self.cache[word] = [self.vocab[t] for t in self.bpe(word)]
             ids += self.cache[word]
