@@ -153,3 +153,37 @@ def test_bad_input_names_the_fix(reference):
     wordpiece = Tokenizer(models.WordPiece({"[UNK]": 0}, unk_token="[UNK]"))
     with pytest.raises(ValueError, match="not plain byte-level BPE.*Fix"):
         ByteLevelBPE.from_tokenizer(wordpiece)
+
+
+def test_checks_name_the_first_difference(reference, tokenizer):
+    from workshop_utils.checks import (CheckFailed, check_bpe_words, check_byte_table, check_decoder, check_encoder,
+                                       check_predicted_tokens, check_trained)
+
+    with pytest.raises(CheckFailed, match="byte 32 maps to ' ', expected 'Ġ'"):
+        check_byte_table("table", {**BYTE_TO_CHAR, 32: " "})
+    with pytest.raises(CheckFailed, match=r"text 0 .*position 7 differs: you have 2067 'Ġ<', expected 216 'Ġ'"):
+        check_encoder("no added-token pass", reference.encode_ordinary, tokenizer, STRINGS)
+    check_encoder("no added-token pass, specials as text", reference.encode_ordinary, tokenizer, STRINGS[:50],
+                  split_special_tokens=True)
+
+    def per_token(ids):  # decodes each token alone: a character split across tokens breaks
+        return "".join(reference.decode([i]) for i in ids)
+
+    with pytest.raises(CheckFailed, match="character .* differs.*Hint: join the bytes"):
+        check_decoder("per token", per_token, tokenizer, [tokenizer.encode("🙂 ok", add_special_tokens=False)])
+
+    def leftmost_first(word):  # merges the first pair that has a merge, whatever its rank
+        parts = [c for c in word if c in reference.vocab]
+        while (i := next((i for i, p in enumerate(zip(parts, parts[1:])) if p in reference.ranks), None)) is not None:
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        return parts
+
+    with pytest.raises(CheckFailed, match="'Ġthe' becomes \\['Ġth', 'e'\\], expected \\['Ġthe'\\]"):
+        check_bpe_words("leftmost", leftmost_first, reference, ["Ġa", "Ġthe", "Ġtokenization"])
+    documents = "<|endoftext|>".join(p for p in corpus()[:60_000].split("\n\n") if p.strip())
+    counted = train(documents, 256 + 1 + 40)  # the special token's text counted, then given id 0 by hand
+    vocab = {"<|endoftext|>": 0, **{t: i + 1 for t, i in counted.vocab.items()}}
+    with pytest.raises(CheckFailed, match="merge \\d+ is .*special token's text counted"):
+        check_trained("counted", vocab, counted.merges, train(documents, 256 + 1 + 40, ["<|endoftext|>"]))
+    with pytest.raises(CheckFailed, match="you predicted 4, the tokenizer makes 13.*joins two digits"):
+        check_predicted_tokens("digits", 4, "x = 1234567890", tokenizer)

@@ -70,10 +70,12 @@ def check_decoder(name: str, decode: Callable[[list[int]], str], tokenizer, id_l
     __tracebackhide__ = True  # noqa: F841
     for n, ids in enumerate(id_lists):
         expected = tokenizer.decode(list(ids))
-        problem = first_difference(decode(list(ids)), expected)
+        answer = decode(list(ids))
+        problem = first_difference(answer, expected)
         if problem:
+            broken = isinstance(answer, str) and answer.count("\ufffd") > expected.count("\ufffd")
             hint = (" Hint: join the bytes of all tokens first, then decode once with errors='replace': a character "
-                    "can be split across tokens.") if "\ufffd" in expected else ""
+                    "can be split across tokens.") if broken else ""
             raise CheckFailed(f"{name}: ids {n} {list(ids)[:8]}...: {problem}.{hint}")
     print(f"✔ {name}: the same text for {len(id_lists)} lists of ids")
 
@@ -104,21 +106,32 @@ def check_merges(name: str, merges: Sequence[tuple[str, str]], expected: Sequenc
 
 
 def check_trained(name: str, vocab: dict, merges, expected) -> None:
-    """Compare a trained vocabulary (token -> id) and merges with a reference ByteLevelBPE trained alike."""
+    """Compare a trained vocabulary (token -> id) and merges with a reference ByteLevelBPE trained alike.
+
+    In order: the ids of the special tokens and bytes, then the merges, then the ids of the merged tokens.
+    """
     __tracebackhide__ = True  # noqa: F841
     want = {**expected.vocab, **expected.added}
-    for token, i in sorted(want.items(), key=lambda item: item[1]):
+    start = sorted(want.items(), key=lambda item: item[1])
+    n_base = len(expected.added) + 256
+    for token, i in start[:n_base]:
         if vocab.get(token) != i:
             raise CheckFailed(f"{name}: token {token!r} has id {vocab.get(token)}, expected {i}. Special tokens come "
-                              "first, then the 256 byte characters in code-point order, then the merges.")
-    extra = [t for t in vocab if t not in want]
-    if extra:
-        raise CheckFailed(f"{name}: token {extra[0]!r} should not be in the vocabulary.")
+                              "first, then the 256 byte characters in code-point order.")
     answer = [tuple(m) for m in merges]
     for i, (x, y) in enumerate(zip(answer, expected.merges)):
         if x != y:
-            raise CheckFailed(f"{name}: merge {i} is {x}, expected {y}. Was the special token's text counted? Cut the "
-                              "text at each special token before counting words.")
+            raise CheckFailed(f"{name}: merge {i} is {x}, expected {y} (the {i} merges before it agree). Was the "
+                              "special token's text counted? Cut the text at each special token before counting words.")
+    if len(answer) != len(expected.merges):
+        raise CheckFailed(f"{name}: you learned {len(answer)} merges, expected {len(expected.merges)}.")
+    for token, i in start[n_base:]:
+        if vocab.get(token) != i:
+            raise CheckFailed(f"{name}: merged token {token!r} has id {vocab.get(token)}, expected {i}: each new "
+                              "token takes the next free id.")
+    extra = [t for t in vocab if t not in want]
+    if extra:
+        raise CheckFailed(f"{name}: token {extra[0]!r} should not be in the vocabulary.")
     print(f"✔ {name}: the same vocabulary of {len(want)} and {len(answer)} merges")
 
 
