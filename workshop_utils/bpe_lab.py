@@ -118,6 +118,7 @@ def plot_bytes_per_token(sizes: Sequence[int], curves: dict[str, Sequence[float]
     ax.set(xscale="log", xlabel="vocabulary size (256 bytes + merges)", ylabel="bytes per token",
            title="compression of the trained tokenizer (dashed: the model's tokenizer)")
     ax.set_xticks(list(sizes), [str(s) for s in sizes])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
