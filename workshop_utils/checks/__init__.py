@@ -12,6 +12,8 @@ from .kv_cache import check_positions_fed, check_cache_mib, check_cached_loop
 from .chat import check_replies, check_labels, check_shifted_loss
 from .cfg import check_cfg_scores, check_padded_rows
 from .multimodal import check_spliced_labels, check_expanded_ids
+from .bpe import (check_byte_table, check_pre_tokenizer, check_encoder, check_decoder, check_bpe_words,
+                  check_merges, check_trained, check_predicted_tokens)
 
 __all__ = [
     "CheckFailed",
@@ -37,4 +39,12 @@ __all__ = [
     "check_padded_rows",
     "check_spliced_labels",
     "check_expanded_ids",
+    "check_byte_table",
+    "check_pre_tokenizer",
+    "check_encoder",
+    "check_decoder",
+    "check_bpe_words",
+    "check_merges",
+    "check_trained",
+    "check_predicted_tokens",
 ]
