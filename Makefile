@@ -1,6 +1,6 @@
 # LLM inference, opened up. Two commands (see README.md):
 #   make lab    set up .venv and the default model, then start JupyterLab on notebooks/
-#   make test   set up, then run the unit tests and nbval on every notebook
+#   make test   set up, then run every test (slow ones included) and nbval on every notebook
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -54,7 +54,8 @@ lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(ALLOW_ROOT) $(LAB_ARGS)
 
 test: setup $(VENV)/.installed-dev browser
-	$(MAKE) unit nbval
+	$(TEST_ENV) $(PY) -m pytest $(TESTS)
+	$(MAKE) nbval
 
 # The browser test drives Debian's chromium through Playwright (never a browser download, which fails
 # offline). Installed here when missing and possible (root with apt); otherwise that test is skipped.
@@ -64,8 +65,10 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "note: no chromium found, the browser test will be skipped (apt install chromium)"; fi
 
-unit:
-	$(TEST_ENV) $(PY) -m pytest $(TESTS)
+# The fast tests alone (under a minute): not those marked slow (servers, browsers, a room set up offline, the
+# longest runs of the default model); pytest says how many it deselected. `make test` runs every test.
+unit: setup $(VENV)/.installed-dev
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" $(TESTS)
 
 nbval:
 	$(TEST_ENV) $(PY) -m pytest $(NBVAL) $(NOTEBOOKS)

@@ -30,7 +30,8 @@ MISSING_EXTENSION = (
     "Fix: install jupyterlab_widgets in the environment that runs `jupyter lab` (make lab does), then restart it."
 )
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium: install Debian's chromium package (make test does, as root)")
+pytestmark = [pytest.mark.slow,  # JupyterLab servers and a browser
+              pytest.mark.skipif(CHROMIUM is None, reason="no chromium: install Debian's chromium package (make test does, as root)")]
 
 
 def _start_lab(home: Path, disabled_extensions: dict | None = None):

@@ -22,6 +22,11 @@ def _case_id(case):
     return f"prompt{p}-g{g}-{'negative' if n else 'last token'}"
 
 
+def _first_fast(cases, fast=2):
+    """The first cases run in `make unit`; the others are marked slow (a generate each on the default model)."""
+    return [pytest.param(c, id=_case_id(c), marks=() if i < fast else pytest.mark.slow) for i, c in enumerate(cases)]
+
+
 @pytest.fixture(scope="module")
 def ids(tokenizer):
     """Token ids [1, T] of each prompt and of the negative prompt."""
@@ -50,19 +55,19 @@ def _args(ids, case):
     return ids["prompts"][p], {"guidance_scale": g, "negative_prompt_ids": ids["negative"] if n else None}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+@pytest.mark.parametrize("case", _first_fast(CASES))
 def test_two_pass_equals_generate(model, ids, reference, case):
     prompt, kwargs = _args(ids, case)
     assert torch.equal(cfg_generate(model, prompt, NEW_TOKENS, **kwargs), reference(case))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+@pytest.mark.parametrize("case", _first_fast(CASES))
 def test_batched_equals_generate(model, ids, reference, case):
     prompt, kwargs = _args(ids, case)
     assert torch.equal(cfg_generate(model, prompt, NEW_TOKENS, batched=True, **kwargs), reference(case))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+@pytest.mark.parametrize("case", _first_fast(CASES))
 def test_processor_equals_generate(model, ids, reference, case):
     prompt, kwargs = _args(ids, case)
     processor = CFGLogitsProcessor(model, kwargs["guidance_scale"], kwargs["negative_prompt_ids"])
@@ -74,7 +79,7 @@ def test_processor_equals_generate(model, ids, reference, case):
 BATCH_CASES = [(0, 1.5, False), (1, 3.0, True), (2, 3.0, False), (3, 1.5, True)]
 
 
-@pytest.mark.parametrize("case", BATCH_CASES, ids=[_case_id(c) for c in BATCH_CASES])
+@pytest.mark.parametrize("case", _first_fast(BATCH_CASES, fast=1))
 def test_batched_log_probs_stay_within_1e4_of_two_pass(model, ids, reference, case):
     """One batch of two rows is not bit-identical to two batches of one (other kernels, padding): bound the gap."""
     prompt, kwargs = _args(ids, case)

@@ -53,17 +53,6 @@ def fresh_tokenizer():
     return AutoTokenizer.from_pretrained(default_model_dir())
 
 
-class NoForwardPass:
-    """A stand-in model that fails the test if anything tries to run it."""
-
-    device = torch.device("cpu")
-
-    def generate(self, *args, **kwargs):
-        raise AssertionError("generate was called although the input is invalid")
-
-    __call__ = generate
-
-
 def _runs(ids, labels):
     """The contiguous stretches of learned ids (labels != -100)."""
     runs, current = [], []
@@ -115,6 +104,7 @@ def test_extract_response_refuses_mismatched_rows(tokenizer):
 QUESTIONS = ["What is the capital of France?", "Name a colour.", "What is 3 + 4?", "Say hello in Spanish."]
 
 
+@pytest.mark.slow
 def test_chat_turn_equals_generate_and_slicing_and_leaves_messages_alone(model, tokenizer):
     for question in QUESTIONS:
         messages = [{"role": "user", "content": question}]
@@ -127,6 +117,7 @@ def test_chat_turn_equals_generate_and_slicing_and_leaves_messages_alone(model, 
         assert reply and "<|im_end|>" not in reply
 
 
+@pytest.mark.slow
 def test_a_templated_reply_gives_back_the_text_the_model_wrote(model, tokenizer):
     # The loop of the notebook: the reply goes back in as the assistant's message, and the next prompt
     # starts with the text of the prompt and of the ids generated, end of turn included. (Not always with
@@ -142,6 +133,7 @@ def test_a_templated_reply_gives_back_the_text_the_model_wrote(model, tokenizer)
         assert again.startswith(written if written.endswith("<|im_end|>") else written + "<|im_end|>")
 
 
+@pytest.mark.slow
 def test_chat_replies_batch_equals_one_at_a_time(model, tokenizer):
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
     batched = chat_replies(model, tokenizer, conversations, max_new_tokens=10)
@@ -151,7 +143,12 @@ def test_chat_replies_batch_equals_one_at_a_time(model, tokenizer):
 def test_chat_turn_continues_a_conversation(model, tokenizer):
     messages = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."},
                 {"role": "user", "content": "Repeat the result."}]
-    assert "5" in chat_turn(model, tokenizer, messages, max_new_tokens=16)
+    reply = chat_turn(model, tokenizer, messages, max_new_tokens=8)
+    # generate's reply to the whole conversation, templated; not the reply to the last message alone.
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    new_ids = model.generate(**prompt, max_new_tokens=8, do_sample=False)[0, prompt.input_ids.shape[1]:]
+    assert reply == tokenizer.decode(new_ids, skip_special_tokens=True)
+    assert "5" in reply and reply != chat_turn(model, tokenizer, messages[-1:], max_new_tokens=8)
 
 
 # --- errors, raised before any forward pass -------------------------------------------------------
@@ -164,30 +161,30 @@ def test_chat_turn_continues_a_conversation(model, tokenizer):
     ("What is 2 + 3?", r"a string, not a list of messages: pass \[\{'role': 'user', 'content': 'What is 2 \+ 3\?'\}\]"),
     ({"role": "user", "content": "Hi"}, "wrap it in a list"),
 ])
-def test_chat_turn_errors_name_the_fix(tokenizer, messages, match):
+def test_chat_turn_errors_name_the_fix(no_forward_model, tokenizer, messages, match):
     with pytest.raises(ValueError, match=match):
-        chat_turn(NoForwardPass(), tokenizer, messages)
+        chat_turn(no_forward_model(), tokenizer, messages)
 
 
-def test_a_role_the_template_rejects(fresh_tokenizer):
+def test_a_role_the_template_rejects(no_forward_model, fresh_tokenizer):
     fresh_tokenizer.chat_template = GEMMA
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     with pytest.raises(ValueError, match="rejects this conversation: System role not supported. Fix"):
-        chat_turn(NoForwardPass(), fresh_tokenizer, messages)
+        chat_turn(no_forward_model(), fresh_tokenizer, messages)
     with pytest.raises(ValueError, match="rejects this conversation"):
         assistant_labels(fresh_tokenizer, [*messages, {"role": "assistant", "content": "Hello"}])
 
 
-def test_chat_replies_wants_a_list_of_conversations(tokenizer):
+def test_chat_replies_wants_a_list_of_conversations(no_forward_model, tokenizer):
     with pytest.raises(ValueError, match="chat_replies takes a list of conversations"):
-        chat_replies(NoForwardPass(), tokenizer, [{"role": "user", "content": "Hi"}])
+        chat_replies(no_forward_model(), tokenizer, [{"role": "user", "content": "Hi"}])
     with pytest.raises(ValueError, match="No conversations"):
-        chat_replies(NoForwardPass(), tokenizer, [])
+        chat_replies(no_forward_model(), tokenizer, [])
 
 
-def test_max_new_tokens_must_be_positive(tokenizer):
+def test_max_new_tokens_must_be_positive(no_forward_model, tokenizer):
     with pytest.raises(ValueError, match="max_new_tokens"):
-        chat_turn(NoForwardPass(), tokenizer, [{"role": "user", "content": "Hi"}], max_new_tokens=0)
+        chat_turn(no_forward_model(), tokenizer, [{"role": "user", "content": "Hi"}], max_new_tokens=0)
 
 
 # --- assistant_labels -----------------------------------------------------------------------------
@@ -238,6 +235,7 @@ def test_assistant_labels_with_a_gemma_style_template(fresh_tokenizer, conversat
     assert runs == [m["content"].strip() + "<end_of_turn>" for m in conversation if m["role"] == "assistant"]
 
 
+@pytest.mark.slow
 def test_model_loss_equals_cross_entropy_over_the_learned_positions(model, tokenizer):
     for conversation in LABEL_CONVERSATIONS[:3]:
         input_ids, labels = assistant_labels(tokenizer, conversation)

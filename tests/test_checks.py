@@ -40,8 +40,10 @@ def test_equal_answers_pass(answer, expected, tolerance):
 
 
 def test_tolerance_is_respected():
-    assert first_difference(torch.tensor([1.0]), torch.tensor([1.1]), atol=0.01) is not None
-    assert first_difference(torch.tensor([1.0]), torch.tensor([1.1]), atol=0.2) is None
+    answer, expected = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.05, 2.1, 3.0])
+    assert first_difference(answer, expected, atol=0.01) == "at index 0: you have 1, expected 1.05 (2 of 3 entries differ)"
+    assert first_difference(answer, expected, atol=0.06) == "at index 1: you have 2, expected 2.1"
+    assert first_difference(answer, expected, atol=0.2) is None
 
 
 def test_check_prints_a_tick_or_raises_with_hint(capsys):

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from workshop_utils.doctor import report, run_checks
 
 
@@ -12,6 +14,7 @@ def _doctor(env_overrides):
     return subprocess.run([sys.executable, "-m", "workshop_utils", "doctor"], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_ready_machine_passes_and_generates():
     done = _doctor({})
     assert done.returncode == 0, done.stdout + done.stderr
@@ -24,6 +27,7 @@ def test_ready_machine_passes_and_generates():
     assert done.stderr == "", "no progress bars or warnings"
 
 
+@pytest.mark.slow
 def test_missing_model_fails_with_the_fix_on_its_line(tmp_path):
     done = _doctor({"WORKSHOP_UTILS_CACHE": str(tmp_path)})
     assert done.returncode == 1

@@ -2,11 +2,8 @@
 prompts, a left-padded batch and models of other architectures; the filters against transformers' warpers;
 every ValueError before any forward pass; compare_with_generate finding real differences."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from workshop_utils.generation import (
@@ -44,13 +41,14 @@ def _seeded_generate(model, seed, **kwargs):
 
 # --- greedy ---
 
-@pytest.mark.parametrize("text", PROMPTS)
+@pytest.mark.parametrize("text", [PROMPTS[0], *(pytest.param(p, marks=pytest.mark.slow) for p in PROMPTS[1:])])
 def test_greedy_equals_generate(model, tokenizer, text):
     ids = _ids(tokenizer, text)
     expected = model.generate(ids, max_new_tokens=NEW, do_sample=False)
     assert torch.equal(greedy_generate(model, ids, NEW), expected)
 
 
+@pytest.mark.slow
 def test_greedy_batch_with_left_padding_equals_generate(model, tokenizer):
     batch = _batch(tokenizer, BATCH)
     assert (batch.attention_mask == 0).any(), "the prompts must have different lengths"
@@ -63,6 +61,7 @@ def test_greedy_batch_with_left_padding_equals_generate(model, tokenizer):
         assert ours[row, -NEW:].tolist() == alone[0, -NEW:].tolist()
 
 
+@pytest.mark.slow
 def test_greedy_stops_at_eos_like_generate(model, tokenizer):
     batch = _batch(tokenizer, BATCH)
     plain = model.generate(**batch, max_new_tokens=NEW, do_sample=False)
@@ -84,6 +83,7 @@ def test_greedy_stops_when_every_row_is_done(model, tokenizer):
     assert torch.equal(ours, model.generate(ids, max_new_tokens=NEW, do_sample=False, eos_token_id=[first, 12345]))
 
 
+@pytest.mark.slow
 def test_greedy_without_cache_refeeds_and_agrees(model, tokenizer):
     ids = _ids(tokenizer, PROMPTS[1])
     assert torch.equal(greedy_generate(model, ids, 4, use_cache=False), model.generate(ids, max_new_tokens=4, do_sample=False))
@@ -101,7 +101,8 @@ SAMPLED = [  # (prompt, temperature, top_k, top_p, seed)
 ]
 
 
-@pytest.mark.parametrize(("text", "temperature", "top_k", "top_p", "seed"), SAMPLED)
+@pytest.mark.parametrize(("text", "temperature", "top_k", "top_p", "seed"),
+                         [SAMPLED[0], *(pytest.param(*case, marks=pytest.mark.slow) for case in SAMPLED[1:])])
 def test_seeded_sampling_equals_generate(model, tokenizer, text, temperature, top_k, top_p, seed):
     ids = _ids(tokenizer, text)
     ours = sample_generate(model, ids, NEW, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -112,6 +113,7 @@ def test_seeded_sampling_equals_generate(model, tokenizer, text, temperature, to
     assert torch.equal(ours, expected)
 
 
+@pytest.mark.slow
 def test_sampling_batch_with_left_padding_equals_generate(model, tokenizer):
     batch = _batch(tokenizer, BATCH)
     ours = sample_generate(model, batch.input_ids, NEW, attention_mask=batch.attention_mask, temperature=1.2,
@@ -120,6 +122,7 @@ def test_sampling_batch_with_left_padding_equals_generate(model, tokenizer):
     assert torch.equal(ours, expected)
 
 
+@pytest.mark.slow
 def test_top_k_none_is_not_generates_default(model, tokenizer):
     """generate without top_k silently keeps 50 tokens; our None keeps them all, like generate(top_k=0)."""
     ids = _ids(tokenizer, PROMPTS[1])
@@ -130,6 +133,7 @@ def test_top_k_none_is_not_generates_default(model, tokenizer):
                        _seeded_generate(model, 0, input_ids=ids, max_new_tokens=24, temperature=2.0))
 
 
+@pytest.mark.slow
 def test_seed_none_uses_the_global_generator(model, tokenizer):
     ids = _ids(tokenizer, PROMPTS[2])
     torch.manual_seed(11)
@@ -139,16 +143,12 @@ def test_seed_none_uses_the_global_generator(model, tokenizer):
 
 # --- another architecture: small random models built from a config ---
 
-def _tiny(kind: str):
-    torch.manual_seed(0)
-    if kind == "gpt2":  # learned absolute positions: wrong position ids under left padding would show
-        config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=96, n_positions=64, bos_token_id=0,
-                            eos_token_id=1)
-        return GPT2LMHeadModel(config).eval()
-    config = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=0, eos_token_id=1)
-    return Qwen2ForCausalLM(config).eval()
+TINY = {  # a vocabulary of 96 and a context of 64; token 0 is BOS, 1 is EOS
+    # learned absolute positions: wrong position ids under left padding would show
+    "gpt2": dict(n_layer=2, n_embd=64, n_head=2, vocab_size=96, n_positions=64, bos_token_id=0, eos_token_id=1),
+    "qwen2": dict(vocab_size=96, hidden_size=64, intermediate_size=128, max_position_embeddings=64, bos_token_id=0,
+                  eos_token_id=1),
+}
 
 
 TINY_IDS = torch.tensor([[5, 6, 7, 8, 9, 10], [0, 0, 3, 4, 2, 11], [0, 0, 0, 0, 7, 12]])
@@ -156,8 +156,13 @@ TINY_MASK = (torch.arange(6) >= torch.tensor([[0], [2], [4]])).long()
 
 
 @pytest.fixture(scope="module", params=["gpt2", "qwen2"])
-def tiny(request):
-    return _tiny(request.param)
+def tiny(request, tiny_model):
+    return tiny_model(request.param, **TINY[request.param])
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tiny_model):
+    return tiny_model("gpt2", **TINY["gpt2"])
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -177,8 +182,9 @@ def test_tiny_model_sampling_batch_equals_generate(tiny, seed):
     assert torch.equal(ours, expected)
 
 
-def test_tiny_model_rows_end_at_eos():
-    model = _tiny("gpt2")
+@pytest.mark.slow
+def test_tiny_model_rows_end_at_eos(tiny_gpt2):
+    model = tiny_gpt2
     finished = 0
     for seed in range(6):
         ours = sample_generate(model, TINY_IDS, 30, attention_mask=TINY_MASK, temperature=3.0, seed=seed,
@@ -251,20 +257,6 @@ def test_none_disables_each_filter():
 
 # --- bad input: a clear ValueError before any forward pass ---
 
-class _NoForwardModel:
-    """Has what the input checks read; fails the test if a forward pass or generate is attempted."""
-
-    config = SimpleNamespace(max_position_embeddings=64, vocab_size=96)
-    generation_config = SimpleNamespace(eos_token_id=1, pad_token_id=1)
-    device = torch.device("cpu")
-
-    def __call__(self, *args, **kwargs):
-        raise AssertionError("a forward pass ran before the input was checked")
-
-    forward = __call__
-    generate = __call__
-
-
 PROMPT = torch.tensor([[5, 6, 7]])
 BAD = [
     ("greedy", {"max_new_tokens": 0}, "max_new_tokens"),
@@ -285,15 +277,15 @@ BAD = [
 
 
 @pytest.mark.parametrize(("which", "change", "message"), BAD, ids=[f"{w}-{list(c)[0]}-{i}" for i, (w, c, _) in enumerate(BAD)])
-def test_bad_input_raises_before_any_forward_pass(which, change, message):
+def test_bad_input_raises_before_any_forward_pass(no_forward_model, which, change, message):
     kwargs = {"input_ids": PROMPT, "max_new_tokens": 4, **change}
     fn = greedy_generate if which == "greedy" else sample_generate
     with pytest.raises(ValueError, match=message):
-        fn(_NoForwardModel(), kwargs.pop("input_ids"), kwargs.pop("max_new_tokens"), **kwargs)
+        fn(no_forward_model(max_position_embeddings=64, vocab_size=96), kwargs.pop("input_ids"), kwargs.pop("max_new_tokens"), **kwargs)
 
 
-def test_context_length_allows_exactly_the_context():
-    model = _tiny("gpt2")
+def test_context_length_allows_exactly_the_context(tiny_gpt2):
+    model = tiny_gpt2
     ids = torch.randint(4, 96, (1, 60))
     assert greedy_generate(model, ids, 4, eos_token_id=[]).shape[1] == 64
     with pytest.raises(ValueError, match="Fix: use max_new_tokens <= 4"):
@@ -309,6 +301,7 @@ def test_filters_reject_bad_parameters(fn, bad):
 
 # --- compare_with_generate ---
 
+@pytest.mark.slow
 def test_compare_reports_equal(model, tokenizer):
     batch = _batch(tokenizer, BATCH)
     ours = greedy_generate(model, batch.input_ids, NEW, attention_mask=batch.attention_mask)
@@ -319,6 +312,7 @@ def test_compare_reports_equal(model, tokenizer):
     assert str(result).startswith("equal to generate")
 
 
+@pytest.mark.slow
 def test_compare_finds_a_perturbed_token(model, tokenizer):
     ids = _ids(tokenizer, PROMPTS[0])
     ours = greedy_generate(model, ids, NEW).clone()
@@ -335,6 +329,7 @@ def test_compare_finds_a_perturbed_token(model, tokenizer):
     assert f"position {where}" in text and repr(result.generate_label) in text
 
 
+@pytest.mark.slow
 def test_compare_finds_a_different_stop(model, tokenizer):
     ids = _ids(tokenizer, PROMPTS[0])
     plain = greedy_generate(model, ids, NEW)
@@ -350,6 +345,7 @@ def test_compare_finds_a_different_stop(model, tokenizer):
     assert "(ended)" in str(result)
 
 
+@pytest.mark.slow
 def test_compare_seeded_sampling(model, tokenizer):
     ids = _ids(tokenizer, PROMPTS[3])
     ours = sample_generate(model, ids, NEW, temperature=1.5, seed=3)
@@ -404,6 +400,7 @@ def test_check_kept_count_explains_the_mistakes():
         check_kept_count("kept", "12", logits, 0.7, 0.9)
 
 
+@pytest.mark.slow
 def test_check_reproduces_sampling_spots_the_hidden_top_k(model, tokenizer):
     from workshop_utils.checks import CheckFailed, check_reproduces_sampling
 

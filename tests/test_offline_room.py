@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds a wheelhouse and installs the kit from it in a new venv
 ROOT = Path(__file__).resolve().parents[1]
 LEFT_OUT = shutil.ignore_patterns(".venv", ".git", "artifacts", "student", "wheelhouse", "__pycache__", "*.egg-info")
 

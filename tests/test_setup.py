@@ -7,6 +7,7 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 from processes import free_port, stop
 
@@ -40,6 +41,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert ".venv" in (ROOT / ".gitignore").read_text().split()
 
 
+@pytest.mark.slow
 def test_make_lab_serves_jupyterlab(tmp_path):
     port = free_port()
     args = "--no-browser --ServerApp.token= --ServerApp.password= --ServerApp.ip=127.0.0.1"

@@ -72,9 +72,15 @@ def test_unterminated_or_unmarked_solutions_are_refused():
         student_version(nb)
 
 
+@pytest.mark.slow
 def test_student_command_writes_every_notebook(tmp_path):
     done = subprocess.run([sys.executable, "-m", "workshop_utils", "student", str(tmp_path), "--notebooks",
                            str(ROOT / "notebooks")], capture_output=True, text=True, check=True)
     written = sorted(p.name for p in tmp_path.glob("*.ipynb"))
     assert written == sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
     assert len(done.stdout.splitlines()) == len(written)
+    for name in written:  # each file is the student version of its notebook, not a copy of the teacher's
+        ours = nbformat.read(tmp_path / name, as_version=4)
+        expected = student_version(nbformat.read(ROOT / "notebooks" / name, as_version=4))
+        assert [(c.cell_type, c.source, c.get("outputs")) for c in ours.cells] == \
+            [(c.cell_type, c.source, c.get("outputs")) for c in expected.cells], name

@@ -67,6 +67,6 @@ def write_student_versions(notebooks: str | Path, out_dir: str | Path) -> list[P
     for path in sorted(Path(notebooks).glob("*.ipynb")):
         nb = student_version(nbformat.read(path, as_version=4))
         nbformat.validate(nb)
-        nbformat.write(nbformat.read(path, as_version=4), out / path.name)  # BREAK13
+        nbformat.write(nb, out / path.name)
         written.append(out / path.name)
     return written
