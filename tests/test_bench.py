@@ -13,7 +13,8 @@ SIZES = {"prompt_tokens": 6, "prefill_tokens": 24, "new_tokens": 3, "cache_lengt
          "cfg_tokens": 3, "copy_bytes": 1 << 20}
 KEYS = ["manual_tokens_per_s", "generate_tokens_per_s", "manual_over_generate", "cache_speedup_4", "cache_speedup_8",
         "prefill_tokens_per_s", "decode_tokens_per_s", "cfg_two_pass_ms_per_token", "cfg_batched_ms_per_token",
-        "cfg_batched_over_two_pass", "cfg_two_pass_peak_mib", "cfg_batched_peak_mib", "peak_rss_mib", "weight_bytes_per_token", "copy_bandwidth",
+        "cfg_batched_over_two_pass", "cfg_two_pass_peak_mib", "cfg_batched_peak_mib", "handwritten_decode_tokens_per_s",
+        "handwritten_generate_tokens_per_s", "handwritten_over_generate_decode", "peak_rss_mib", "weight_bytes_per_token", "copy_bandwidth",
         "bandwidth_bound_tokens_per_s", "decode_fraction_of_bound"]
 
 
@@ -54,7 +55,7 @@ def test_a_new_measurement_is_one_function_in_the_list(tiny_llama, tokenizer, mo
     monkeypatch.setattr(bench_module, "MEASUREMENTS", [*MEASUREMENTS, measure_extra])
     figures = bench(tiny_llama, tokenizer, None, **SIZES)
     keys = [f.key for f in figures]
-    assert keys.index("extra") == keys.index("cfg_batched_peak_mib") + 1
+    assert keys.index("extra") == keys.index("handwritten_over_generate_decode") + 1
     values = {f.key: f.value for f in figures}
     assert values["extra"] == pytest.approx(2 * values["decode_tokens_per_s"])
 

@@ -148,9 +148,44 @@ def measure_peak_memory(s: BenchSetup) -> list[Figure]:
     return [Figure("peak_rss_mib", "peak resident memory: model + generation runs", peak_memory_mib(), "MiB")]
 
 
+@torch.inference_mode()
+def measure_handwritten_decode(s: BenchSetup) -> list[Figure]:
+    """Decode tokens/s of the hand-written forward (notebook 08's llama.greedy_generate) against generate's, alternating."""
+    from . import llama
+
+    ids, n = s.prompt_ids, s.new_tokens  # 64 by default
+    weights = llama.from_model(s.model)
+
+    def ours():
+        return llama.greedy_generate(weights, ids, n, eos_token_id=[])
+
+    def theirs():
+        return s.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                do_sample=False)
+
+    if not torch.equal(ours(), theirs()):  # warm-up, and the proof that both write the same tokens
+        raise RuntimeError("llama.greedy_generate and generate wrote different tokens: the comparison would be unfair.")
+    s.tick(2 * n)
+    seconds = {ours: [], theirs: []}
+    for _ in range(s.repeats):  # alternate, so that a slow spell of a shared machine hits both
+        for fn in (ours, theirs):
+            start = time.perf_counter()
+            fn()
+            seconds[fn].append(time.perf_counter() - start)
+            s.tick(n)
+    handwritten, generate = (n / statistics.median(seconds[fn]) for fn in (ours, theirs))
+    return [Figure("handwritten_decode_tokens_per_s", f"hand-written forward (llama.greedy_generate), {n} new tokens",
+                   handwritten, "tokens/s"),
+            Figure("handwritten_generate_tokens_per_s", f"model.generate(do_sample=False), same {n} tokens", generate,
+                   "tokens/s"),
+            Figure("handwritten_over_generate_decode", "ratio hand-written forward / generate (1.0 or more: as fast)",
+                   handwritten / generate, "x")]
+
+
 # The report's lines, in the order they run; append a function here to add a line to the bench.
 MEASUREMENTS: list[Measurement] = [measure_manual_vs_generate, measure_cache_speedup, measure_prefill_decode,
-                                   measure_cfg]
+                                   measure_cfg,
+                                   measure_handwritten_decode]
 # Always after MEASUREMENTS: the peak memory before the bandwidth test's buffers; the bound needs the decode rate.
 LAST: list[Measurement] = [measure_peak_memory, measure_bandwidth_bound]
 

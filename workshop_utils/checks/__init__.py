@@ -14,6 +14,7 @@ from .cfg import check_cfg_scores, check_padded_rows
 from .multimodal import check_spliced_labels, check_expanded_ids
 from .bpe import (check_byte_table, check_pre_tokenizer, check_encoder, check_decoder, check_bpe_words,
                   check_merges, check_trained, check_predicted_tokens)
+from .forward import check_attention, check_layer_params, check_logits, check_steps_against_generate, difference
 
 __all__ = [
     "CheckFailed",
@@ -47,4 +48,9 @@ __all__ = [
     "check_merges",
     "check_trained",
     "check_predicted_tokens",
+    "check_attention",
+    "check_layer_params",
+    "check_logits",
+    "check_steps_against_generate",
+    "difference",
 ]
