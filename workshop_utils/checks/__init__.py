@@ -12,6 +12,7 @@ from .kv_cache import check_positions_fed, check_cache_mib, check_cached_loop
 from .chat import check_replies, check_labels, check_shifted_loss
 from .cfg import check_cfg_scores, check_padded_rows
 from .multimodal import check_spliced_labels, check_expanded_ids
+from .inside import check_layer0_prediction, check_lens, check_duplicate_scores
 
 __all__ = [
     "CheckFailed",
@@ -37,4 +38,7 @@ __all__ = [
     "check_padded_rows",
     "check_spliced_labels",
     "check_expanded_ids",
+    "check_layer0_prediction",
+    "check_lens",
+    "check_duplicate_scores",
 ]
