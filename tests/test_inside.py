@@ -41,9 +41,10 @@ def qwen():
 
 
 @pytest.fixture(scope="module", params=["default", "tiny"])
-def case(request, model, tokenizer, tiny):
+def case(request, tiny):
     """(model, prompts): the default model with tokenized texts, or the tiny Llama with random ids."""
     if request.param == "default":
+        model, tokenizer = request.getfixturevalue("model_and_tokenizer")
         return model, [tokenizer(t, return_tensors="pt").input_ids for t in TEXTS]
     generator = torch.Generator().manual_seed(1)
     return tiny, [torch.randint(3, 300, (1, n), generator=generator) for n in (5, 9, 1)]
@@ -150,10 +151,12 @@ def test_head_scores_on_planted_patterns():
     patterns[0, 2, q[period:], q[period:] - period + 1] = 1  # an induction head on the second copy
     patterns[0, 3, q[period:], q[period:] - period] = 1  # a duplicate-token head
     scores = inside.head_scores(patterns, period)
-    assert scores["sink"].tolist() == [[1, 0, 0, 0]]
-    assert scores["previous"].tolist() == [[0, 1, 0, 0]]
-    assert scores["induction"].tolist() == [[0, 0, 1, 0]]
-    assert scores["duplicate"].tolist() == [[0, 0, 0, 1]]
+    # where one planted head also hits another's key: the sink head's query 1 (key 0 = q - 1) and query 4 (key 0 =
+    # q - period); the previous head's query 1 and the duplicate head's query 4 (both key 0); 8 and 5 queries scored
+    expected = {"sink": [1, 1 / 8, 0, 1 / 8], "previous": [1 / 8, 1, 0, 0], "induction": [0, 0, 1, 0],
+                "duplicate": [1 / 5, 0, 0, 1]}
+    for name, values in expected.items():
+        torch.testing.assert_close(scores[name], torch.tensor([values], dtype=torch.float), msg=name)
     assert inside.top_heads(scores["induction"], 1) == [(0, 2, 1.0)]
     with pytest.raises(ValueError, match="Fix"):
         inside.head_scores(patterns, n)
