@@ -244,29 +244,40 @@ def plot_patterns(patterns: torch.Tensor, heads: list[tuple[int, int]], input_id
     plt.show()
 
 
+def _pattern_png(pattern: torch.Tensor, labels: list[str], title: str) -> bytes:
+    """One head's heatmap as PNG bytes, drawn without pyplot (nothing is displayed as a side effect)."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 4.2))
+    _draw_pattern(fig.subplots(), pattern, labels, title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
 def pattern_picker(patterns: torch.Tensor, input_ids, tokenizer, *, layer: int = 0, head: int = 0) -> WithFallback:
     """A layer/head picker redrawing one head's heatmap; the static fallback names each query's strongest key."""
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
 
     labels = _labels(tokenizer, input_ids)
-    out = widgets.Output()
-
-    def draw(layer, head):
-        out.clear_output(wait=True)
-        with out:
-            fig, ax = plt.subplots(figsize=(4.5, 4.2))
-            _draw_pattern(ax, patterns[layer, head], labels, f"layer {layer}, head {head}")
-            fig.tight_layout()
-            plt.show()
-
     pick_layer = widgets.IntSlider(value=layer, min=0, max=patterns.shape[0] - 1, description="layer")
     pick_head = widgets.IntSlider(value=head, min=0, max=patterns.shape[1] - 1, description="head")
-    widgets.interactive_output(draw, {"layer": pick_layer, "head": pick_head})
+    image = widgets.Image(format="png")
+
+    def draw(_=None):
+        l, h = pick_layer.value, pick_head.value
+        image.value = _pattern_png(patterns[l, h], labels, f"layer {l}, head {h}")
+
+    draw()
+    pick_layer.observe(draw, names="value")
+    pick_head.observe(draw, names="value")
     strongest = patterns[layer, head].argmax(-1)
     snapshot = table(["query", f"strongest key (layer {layer}, head {head})"],
                      [(labels[q], labels[int(k)]) for q, k in enumerate(strongest)])
-    return WithFallback(widgets.VBox([widgets.HBox([pick_layer, pick_head]), out]), snapshot)
+    return WithFallback(widgets.VBox([widgets.HBox([pick_layer, pick_head]), image]), snapshot)
 
 
 def plot_head_scores(scores: torch.Tensor, *, title: str, label: str = "score"):
