@@ -15,6 +15,7 @@ from .multimodal import check_spliced_labels, check_expanded_ids
 from .bpe import (check_byte_table, check_pre_tokenizer, check_encoder, check_decoder, check_bpe_words,
                   check_merges, check_trained, check_predicted_tokens)
 from .forward import check_attention, check_layer_params, check_logits, check_steps_against_generate, difference
+from .inside import check_layer0_prediction, check_lens, check_duplicate_scores
 
 __all__ = [
     "CheckFailed",
@@ -53,4 +54,7 @@ __all__ = [
     "check_logits",
     "check_steps_against_generate",
     "difference",
+    "check_layer0_prediction",
+    "check_lens",
+    "check_duplicate_scores",
 ]
