@@ -282,6 +282,6 @@ def test_plots_and_picker_draw_offline(tokenizer):
     sliders, image = picker.widget.children
     before = image.value
     sliders.children[0].value = 0  # pick layer 0: the picture is redrawn
-    assert image.value != before and image.value.startswith(b"\x89PNG")
+    assert bytes(image.value) != bytes(before) and bytes(image.value).startswith(b"\x89PNG")
     inside.plot_patterns(patterns, [(0, 0), (1, 2)], ids, tokenizer)
     inside.plot_surprisal(ids, torch.rand(n - 1), tokenizer)
