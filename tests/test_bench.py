@@ -60,6 +60,7 @@ def test_a_new_measurement_is_one_function_in_the_list(tiny_llama, tokenizer, mo
     assert values["extra"] == pytest.approx(2 * values["decode_tokens_per_s"])
 
 
+@pytest.mark.slow
 def test_run_bench_alone_without_a_progress_bar(tiny_llama):
     ids = torch.randint(3, 100, (1, 5))
     s = BenchSetup(tiny_llama, ids, torch.randint(3, 100, (1, 12)), new_tokens=2, cache_lengths=(3,), repeats=1,

@@ -22,7 +22,7 @@ def _case_id(case):
     return f"prompt{p}-g{g}-{'negative' if n else 'last token'}"
 
 
-def _first_fast(cases, fast=2):
+def _first_fast(cases, fast=1):
     """The first cases run in `make unit`; the others are marked slow (a generate each on the default model)."""
     return [pytest.param(c, id=_case_id(c), marks=() if i < fast else pytest.mark.slow) for i, c in enumerate(cases)]
 
@@ -79,7 +79,8 @@ def test_processor_equals_generate(model, ids, reference, case):
 BATCH_CASES = [(0, 1.5, False), (1, 3.0, True), (2, 3.0, False), (3, 1.5, True)]
 
 
-@pytest.mark.parametrize("case", _first_fast(BATCH_CASES, fast=1))
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BATCH_CASES, ids=_case_id)
 def test_batched_log_probs_stay_within_1e4_of_two_pass(model, ids, reference, case):
     """One batch of two rows is not bit-identical to two batches of one (other kernels, padding): bound the gap."""
     prompt, kwargs = _args(ids, case)
@@ -92,6 +93,7 @@ def test_batched_log_probs_stay_within_1e4_of_two_pass(model, ids, reference, ca
     assert (two_pass["guided"] - batched["guided"]).abs().max() <= (abs(g) + abs(1 - g)) * 1e-4
 
 
+@pytest.mark.slow
 def test_step_scores_follow_the_formula(model, ids):
     prompt, negative = ids["prompts"][1], ids["negative"]
     continuation = cfg_generate(model, prompt, 4, guidance_scale=2.0)[:, prompt.shape[1]:]
@@ -101,12 +103,14 @@ def test_step_scores_follow_the_formula(model, ids):
     assert torch.allclose(scores["cond"].exp().sum(-1), torch.ones(4), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_default_unconditional_branch_is_the_last_prompt_token(model, ids):
     prompt = ids["prompts"][3]
     assert torch.equal(cfg_generate(model, prompt, NEW_TOKENS, guidance_scale=3.0),
                        cfg_generate(model, prompt, NEW_TOKENS, guidance_scale=3.0, negative_prompt_ids=prompt[:, -1:]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [(0, 3.0, True), (1, 3.0, False)], ids=_case_id)
 def test_blend_one_is_plain_cfg(model, ids, reference, case):
     prompt, kwargs = _args(ids, case)
@@ -115,6 +119,7 @@ def test_blend_one_is_plain_cfg(model, ids, reference, case):
                            reference(case))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p", [0, 4])
 def test_blend_zero_is_plain_greedy(model, ids, p):
     prompt = ids["prompts"][p]
@@ -126,6 +131,7 @@ def test_blend_zero_is_plain_greedy(model, ids, p):
         assert torch.equal(out, greedy)
 
 
+@pytest.mark.slow
 def test_blend_halfway_mixes_cfg_and_conditional_scores(model, ids):
     prompt = ids["prompts"][2]
     continuation = cfg_generate(model, prompt, 4, guidance_scale=3.0)[:, prompt.shape[1]:]
@@ -134,6 +140,7 @@ def test_blend_halfway_mixes_cfg_and_conditional_scores(model, ids):
     assert torch.allclose(half["guided"], 0.5 * plain["guided"] + 0.5 * plain["cond"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_guidance_scale_one_is_plain_greedy_like_generate(model, ids):
     prompt = ids["prompts"][0]
     with torch.no_grad():
@@ -193,6 +200,7 @@ def test_peak_tensor_bytes_counts_what_is_held_at_once():
     assert peak_tensor_bytes(fn) == 3_000_000
 
 
+@pytest.mark.slow
 def test_measure_cfg_paths(model, ids):
     prompt = ids["prompts"][0]
     figures = measure_cfg_paths(model, prompt, 4, 1.5, repeats=1)

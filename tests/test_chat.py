@@ -140,6 +140,7 @@ def test_chat_replies_batch_equals_one_at_a_time(model, tokenizer):
     assert batched == [chat_turn(model, tokenizer, c, max_new_tokens=10) for c in conversations]
 
 
+@pytest.mark.slow
 def test_chat_turn_continues_a_conversation(model, tokenizer):
     messages = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."},
                 {"role": "user", "content": "Repeat the result."}]

@@ -63,6 +63,7 @@ def test_explorer_redraws_when_the_temperature_moves(model, tokenizer):
     assert "static picture" in explorer.snapshot.text and "Paris" in explorer.snapshot.text
 
 
+@pytest.mark.slow
 def test_greedy_stepper_follows_greedy_generate(model, tokenizer):
     stepper = Stepper(model, tokenizer, TEXT)
     chosen = []

@@ -28,7 +28,8 @@ def test_predictions_match_a_sort_of_the_probabilities(model, tokenizer, text):
             assert row.next_id is None and row.next_rank is None
 
 
-@pytest.mark.parametrize("text", [PROMPTS[0], *(pytest.param(p, marks=pytest.mark.slow) for p in PROMPTS[1:])])
+@pytest.mark.slow
+@pytest.mark.parametrize("text", PROMPTS)
 def test_position_p_predicts_from_its_prefix_alone(model, tokenizer, text):
     rows = predict_positions(model, tokenizer, text, k=1)
     ids = tokenizer(text).input_ids

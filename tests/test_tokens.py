@@ -117,7 +117,7 @@ def test_render_chat_shows_the_ids_the_model_is_fed(tokenizer):
 
 
 @pytest.mark.parametrize("messages, message", [
-    ([], "messages is empty"),
+    ([], "The conversation is empty"),
     ([{"role": "user"}], "Message 0"),
     ([{"role": "user", "content": "Hi"}, "hello"], "Message 1"),
 ])

@@ -28,11 +28,11 @@ def _check_conversation(messages: Messages, *, for_reply: bool) -> None:
     check_messages(messages)
     for i, message in enumerate(messages):
         if message["role"] not in ROLES:
-            raise ValueError(f"Message {i} has the role {message['role']!r}, which chat templates do not know. "
-                             f"Fix: use one of {', '.join(map(repr, ROLES))}.")
+            raise ValueError(f"Message {i} has the role {message['role']!r}, which chat templates do not know: "
+                             f"use one of {', '.join(map(repr, ROLES))}.")
     if for_reply and messages[-1]["role"] == "assistant":
         raise ValueError("The conversation already ends with the assistant's message, so there is nothing to "
-                         "reply to. Fix: append the next user message first.")
+                         "reply to: append the next user message first.")
 
 
 # --- cutting out the reply ------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def check_messages(messages) -> None:
         raise ValueError("Got one message where a conversation (a list of messages) was expected. Fix: wrap it in a "
                          "list. (chat_turn takes one conversation; chat_replies takes a list of conversations.)")
     if not isinstance(messages, Sequence) or not messages:
-        raise ValueError("messages is empty: a conversation needs at least one message. Fix: pass a list like "
+        raise ValueError("The conversation is empty: pass a list of messages, for example "
                          "[{'role': 'user', 'content': 'What is 2 + 3?'}].")
     for i, message in enumerate(messages):
         if not (isinstance(message, Mapping) and isinstance(message.get("role"), str)
