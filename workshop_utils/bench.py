@@ -150,10 +150,10 @@ def measure_peak_memory(s: BenchSetup) -> list[Figure]:
 
 @torch.inference_mode()
 def measure_handwritten_decode(s: BenchSetup) -> list[Figure]:
-    """Decode tokens/s of the hand-written forward (notebook 08's llama.greedy_generate) against generate's, alternating."""
+    """Decode tokens/s of notebook 08's hand-written forward (llama.greedy_generate) against generate's, alternating."""
     from . import llama
 
-    ids, n = s.prompt_ids, s.new_tokens  # 64 by default
+    ids, n = s.prompt_ids, s.new_tokens
     weights = llama.from_model(s.model)
 
     def ours():
@@ -165,15 +165,8 @@ def measure_handwritten_decode(s: BenchSetup) -> list[Figure]:
 
     if not torch.equal(ours(), theirs()):  # warm-up, and the proof that both write the same tokens
         raise RuntimeError("llama.greedy_generate and generate wrote different tokens: the comparison would be unfair.")
-    s.tick(2 * n)
-    seconds = {ours: [], theirs: []}
-    for _ in range(s.repeats):  # alternate, so that a slow spell of a shared machine hits both
-        for fn in (ours, theirs):
-            start = time.perf_counter()
-            fn()
-            seconds[fn].append(time.perf_counter() - start)
-            s.tick(n)
-    handwritten, generate = (n / statistics.median(seconds[fn]) for fn in (ours, theirs))
+    ours_s, theirs_s = interleaved_medians([ours, theirs], repeats=s.repeats)
+    handwritten, generate = n / ours_s, n / theirs_s
     return [Figure("handwritten_decode_tokens_per_s", f"hand-written forward (llama.greedy_generate), {n} new tokens",
                    handwritten, "tokens/s"),
             Figure("handwritten_generate_tokens_per_s", f"model.generate(do_sample=False), same {n} tokens", generate,
