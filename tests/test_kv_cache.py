@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig
 
-from workshop_utils.kv_cache import (StepPoint, gqa_saving, head_dim, kv_cache_bytes, kv_heads, measured_cache_bytes,
-                                     memory_table, step_seconds_sweep, step_table)
+from workshop_utils.kv_cache import gqa_saving, head_dim, kv_cache_bytes, kv_heads, measured_cache_bytes, memory_table
+from workshop_utils.timing import StepPoint, step_seconds_sweep, step_table
 
 
 @pytest.fixture(scope="module")

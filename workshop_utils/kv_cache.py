@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-from .display import Rendered, progress, table
-from .timing import check_sweep, median_seconds
+from .display import Rendered, table
 
 
 def head_dim(config) -> int:
@@ -68,57 +66,3 @@ def memory_table(config, positions: Sequence[int] = (128, 1024, 8192), *, dtype:
         rows.append((f"{n:,}", f"{gqa / 2**20:.1f}", f"{full / 2**20:.1f}", f"{(full - gqa) / 2**20:.1f}"))
     return table(["positions", f"cache MiB ({kv_heads(config)} kv-heads)",
                   f"MiB with {config.num_attention_heads} kv-heads", "MiB saved"], rows)
-
-
-@dataclass
-class StepPoint:
-    """Time of one decoding step at one sequence length, re-feeding everything against reading the cache."""
-
-    positions: int  # tokens already in the sequence when the step starts
-    uncached_s: float  # one pass over all those positions
-    cached_s: float  # one pass over the newest position, the rest read from the cache
-
-    @property
-    def speedup(self) -> float:
-        return self.uncached_s / self.cached_s
-
-
-@torch.inference_mode()
-def step_seconds_sweep(model, input_ids: torch.Tensor, lengths: Sequence[int] = (16, 64, 256), *,
-                       repeats: int = 3) -> list[StepPoint]:
-    """Median time of one new token at each sequence length, without the cache (all positions) and with it (one)."""
-    lengths = check_sweep(lengths, input_ids, repeats, shortest=2)  # one position from the cache, at least
-    ids = input_ids.reshape(1, -1).to(model.device)
-    points = []
-    for n in progress(lengths, desc="with and without the cache"):
-        uncached = median_seconds(lambda: model(ids[:, :n], use_cache=False, logits_to_keep=1), repeats=repeats)
-        cache = model(ids[:, : n - 1], use_cache=True, logits_to_keep=1).past_key_values
-
-        def cached_step():
-            model(ids[:, n - 1: n], past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache.crop(-1)  # drop the position just added (v5: a negative count), so every repeat sees the same cache
-
-        points.append(StepPoint(n, uncached, median_seconds(cached_step, repeats=repeats)))
-    return points
-
-
-def step_table(points: Sequence[StepPoint]) -> Rendered:
-    """The sweep as a table: ms per new token without and with the cache, and their ratio."""
-    return table(["positions", "no cache (ms/token)", "with cache (ms/token)", "cache speedup"],
-                 [(p.positions, f"{1000 * p.uncached_s:.0f}", f"{1000 * p.cached_s:.0f}", f"{p.speedup:.1f}x")
-                  for p in points])
-
-
-def plot_step_seconds(points: Sequence[StepPoint]) -> None:
-    """Time per new token against sequence length, with and without the cache (matplotlib)."""
-    import matplotlib.pyplot as plt
-
-    x = [p.positions for p in points]
-    fig, ax = plt.subplots(figsize=(5.5, 3))
-    ax.plot(x, [1000 * p.uncached_s for p in points], marker="o", color="#e45756", label="no cache: re-feed all")
-    ax.plot(x, [1000 * p.cached_s for p in points], marker="o", color="#4c78a8", label="KV cache: one position")
-    ax.set(xlabel="tokens in the sequence", ylabel="ms per new token", title="time per new token", ylim=(0, None))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    plt.show()
