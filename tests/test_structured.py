@@ -146,6 +146,7 @@ def tiny_llama(tokenizer):
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.mark.slow
 def test_tiny_random_model_writes_valid_json_only_when_constrained(tiny_llama, tokenizer):
     batch = person_prompts(tokenizer, PEOPLE[:6])
     processor = JsonSchemaLogitsProcessor(tokenizer, EVERY_KIND)
@@ -163,6 +164,7 @@ def test_tiny_random_model_writes_valid_json_only_when_constrained(tiny_llama, t
         assert (out == tokenizer.eos_token_id).any(dim=1).all(), "a row did not end with end-of-sequence"
 
 
+@pytest.mark.slow
 def test_default_model_writes_valid_json_for_every_prompt(model, tokenizer):
     processor = JsonSchemaLogitsProcessor(tokenizer, PERSON_SCHEMA)
     replies, _, _ = generate_replies(model, tokenizer, person_prompts(tokenizer, PEOPLE[:6]), 32, processor)
@@ -171,6 +173,7 @@ def test_default_model_writes_valid_json_for_every_prompt(model, tokenizer):
     assert names == [person.split(",")[0] for person in PEOPLE[:6]]  # the constraint keeps the model's answer
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not llguidance_available(), reason="llguidance is not installed (pip install -e .[structured])")
 def test_llguidance_writes_the_same_json(model, tokenizer):
     batch = person_prompts(tokenizer, PEOPLE[:4])

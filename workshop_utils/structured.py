@@ -110,6 +110,44 @@ class IncrementalDecoder:
         return text[len(prefix):]
 
 
+CHAT_CLASS = "wu-chat"  # the browser test looks for this class
+
+
+class ChatView:
+    """A chat exchange that types the reply as pieces arrive: append(piece) adds text to the live widget.
+
+    Displayed, it is a WithFallback: GitHub, nbviewer and nbval see the snapshot taken when it was
+    shown (the question and an empty reply), never a half-typed one.
+    """
+
+    def __init__(self, question: str):
+        import ipywidgets as widgets
+
+        self.question = question
+        self.text = ""
+        self.widget = widgets.HTML(self._html())
+        self.widget.add_class(CHAT_CLASS)
+
+    def _html(self) -> str:
+        from .display import escape
+
+        bubble = "padding:6px 10px;border-radius:10px;margin:4px 0;white-space:pre-wrap;max-width:40em"
+        return (f"<div style='font-family:sans-serif'><div style='{bubble};background:#dbeafe'>"
+                f"{escape(self.question)}</div><div class='wu-reply' style='{bubble};background:#dcfce7'>"
+                f"{escape(self.text) or '…'}</div></div>")
+
+    def append(self, piece: str) -> None:
+        """Add a piece of the reply and redraw."""
+        self.text += piece
+        self.widget.value = self._html()
+
+    def _repr_mimebundle_(self, **kwargs):
+        from .display import Rendered, WithFallback
+
+        snapshot = Rendered(self._html(), f"user: {self.question}\nassistant: {self.text or '…'}")
+        return WithFallback(self.widget, snapshot)._repr_mimebundle_(**kwargs)
+
+
 # --- the grammar ----------------------------------------------------------------------------------
 
 def _refuse(what: str) -> ValueError:

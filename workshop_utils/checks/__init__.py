@@ -12,6 +12,8 @@ from .kv_cache import check_positions_fed, check_cache_mib, check_cached_loop
 from .chat import check_replies, check_labels, check_shifted_loss
 from .cfg import check_cfg_scores, check_padded_rows
 from .multimodal import check_spliced_labels, check_expanded_ids
+from .structured import (check_allowed_sets, check_cached_processor, check_first_forbidden, check_stopping,
+                         check_stream_decoder)
 
 __all__ = [
     "CheckFailed",
@@ -37,4 +39,9 @@ __all__ = [
     "check_padded_rows",
     "check_spliced_labels",
     "check_expanded_ids",
+    "check_stopping",
+    "check_stream_decoder",
+    "check_allowed_sets",
+    "check_first_forbidden",
+    "check_cached_processor",
 ]
