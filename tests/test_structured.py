@@ -222,3 +222,11 @@ def test_a_token_outside_the_grammar_is_reported(tokenizer):
     processor(torch.tensor([[5]]), scores)
     with pytest.raises(RuntimeError, match="does not fit the grammar"):
         processor(torch.tensor([[5, tokenizer("hello").input_ids[0]]]), scores)
+
+
+def test_command_refuses_a_bad_prompt_count_before_loading_anything(capsys):
+    from workshop_utils.structured import main
+
+    with pytest.raises(SystemExit):
+        main(["--prompts", "0"])
+    assert "--prompts must be from 1 to 20" in capsys.readouterr().err
