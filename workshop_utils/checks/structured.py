@@ -103,7 +103,8 @@ def check_first_forbidden(name: str, answer: str, model, tokenizer, processor, i
 def check_cached_processor(name: str, processor, reference_ids, generate_ids, distinct_states: int) -> None:
     """A cached processor gives the reference tokens and scans the vocabulary once per distinct grammar state."""
     __tracebackhide__ = True  # noqa: F841
-    check(f"{name}: tokens", torch.as_tensor(generate_ids).tolist(), torch.as_tensor(reference_ids).tolist())
+    rows = [[int(t) for t in torch.as_tensor(row).flatten()] for row in generate_ids]
+    check(f"{name}: tokens", rows, [[int(t) for t in torch.as_tensor(row).flatten()] for row in reference_ids])
     scans = getattr(processor, "scans", None)
     if not isinstance(scans, int):
         raise CheckFailed(f"{name}: the processor has no whole-number attribute `scans`. Hint: count the vocabulary "
