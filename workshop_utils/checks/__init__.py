@@ -16,6 +16,8 @@ from .bpe import (check_byte_table, check_pre_tokenizer, check_encoder, check_de
                   check_merges, check_trained, check_predicted_tokens)
 from .forward import check_attention, check_layer_params, check_logits, check_steps_against_generate, difference
 from .inside import check_layer0_prediction, check_lens, check_duplicate_scores
+from .structured import (check_allowed_sets, check_cached_processor, check_first_forbidden, check_stopping,
+                         check_stream_decoder)
 
 __all__ = [
     "CheckFailed",
@@ -57,4 +59,9 @@ __all__ = [
     "check_layer0_prediction",
     "check_lens",
     "check_duplicate_scores",
+    "check_stopping",
+    "check_stream_decoder",
+    "check_allowed_sets",
+    "check_first_forbidden",
+    "check_cached_processor",
 ]
