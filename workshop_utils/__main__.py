@@ -37,10 +37,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "student":
         from .student import write_student_versions
 
-        for path in write_student_versions(args.notebooks, args.out_dir):
+        try:
+            written = write_student_versions(args.notebooks, args.out_dir)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        for path in written:
             print(path)
         return 0
     if args.command == "bench":
+        from .paths import output_file
+
+        try:
+            if args.json:
+                output_file(args.json, "bench JSON file")  # before the model loads and a minute of measuring
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         from .bench import main as bench
 
         return bench(json_path=args.json)

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .display import text_table
+from .paths import output_file, write_text_atomic
 from .generation import greedy_generate
 from .timing import (copy_bandwidth, greedy_step_seconds, interleaved_medians, measure_cfg_paths, passage_ids,
                      peak_memory_mib, prefill_seconds, weight_bytes_per_token)
@@ -213,6 +214,7 @@ def machine() -> dict[str, str | int]:
 def bench(model, tokenizer, json_path: str | None = None, *, prompt_tokens: int = 16, prefill_tokens: int = 512,
           **sizes) -> list[Figure]:
     """Run every measurement on model, print the figures, write them to json_path when given, and return them."""
+    path = output_file(json_path, "bench JSON file") if json_path else None  # before a minute of measuring
     started = time.perf_counter()
     setup = BenchSetup(model, passage_ids(tokenizer, prompt_tokens), passage_ids(tokenizer, prefill_tokens), **sizes)
     figures = run_bench(setup, show_progress=True)
@@ -221,14 +223,12 @@ def bench(model, tokenizer, json_path: str | None = None, *, prompt_tokens: int 
           f"{model.device.type}")
     print(report(figures))
     print(f"(measured in {elapsed:.0f} s; timings vary with the machine and whatever else runs on it)")
-    if json_path:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path:
         settings = {"new_tokens": setup.new_tokens, "cache_lengths": list(setup.cache_lengths),
                     "prompt_tokens": prompt_tokens, "prefill_tokens": prefill_tokens, "repeats": setup.repeats,
                     "copy_bytes": setup.copy_bytes}
-        path.write_text(json.dumps({"figures": [asdict(f) for f in figures], "settings": settings,
-                                    "machine": machine(), "seconds": round(elapsed, 1)}, indent=2) + "\n")
+        write_text_atomic(path, json.dumps({"figures": [asdict(f) for f in figures], "settings": settings,
+                                            "machine": machine(), "seconds": round(elapsed, 1)}, indent=2) + "\n")
         print(f"wrote {path}")
     return figures
 

