@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .generation import check_max_new_tokens
+from .paths import positive_int
 from .tokens import _render, check_messages, token_id_rows
 
-ROLES = ("system", "user", "assistant", "tool")  # the roles of the usual chat message format
 IGNORE_INDEX = -100  # labels with this value add nothing to the loss
 Messages = Sequence[Mapping[str, str]]
 
@@ -25,11 +25,7 @@ Messages = Sequence[Mapping[str, str]]
 
 def _check_conversation(messages: Messages, *, for_reply: bool) -> None:
     """Raise ValueError, naming the fix, if messages is no conversation a template can render (or reply to)."""
-    check_messages(messages)
-    for i, message in enumerate(messages):
-        if message["role"] not in ROLES:
-            raise ValueError(f"Message {i} has the role {message['role']!r}, which chat templates do not know: "
-                             f"use one of {', '.join(map(repr, ROLES))}.")
+    check_messages(messages)  # roles included
     if for_reply and messages[-1]["role"] == "assistant":
         raise ValueError("The conversation already ends with the assistant's message, so there is nothing to "
                          "reply to: append the next user message first.")
@@ -190,12 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     cot = commands.add_parser("cot", help="count right answers with and without a reasoning round")
-    cot.add_argument("-n", type=int, default=42, help="number of questions")
+    cot.add_argument("-n", type=positive_int, default=42, help="number of questions")
     cot.add_argument("--seed", type=int, default=0, help="which questions")
-    cot.add_argument("--batch-size", type=int, default=7)
-    cot.add_argument("--reason-tokens", type=int, default=64, help="max_new_tokens of the reasoning round")
+    cot.add_argument("--batch-size", type=positive_int, default=7)
+    cot.add_argument("--reason-tokens", type=positive_int, default=64, help="max_new_tokens of the reasoning round")
     cot.add_argument("--verbose", action="store_true", help="print every reply")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # every argument checked before the model loads
     from .display import progress
     from .models import load_model
     from .notebook import setup_notebook

@@ -18,8 +18,8 @@ __all__ = ["apply_temperature", "top_k_filter", "top_p_filter", "greedy_generate
 # --- the sampling filters (same results as transformers' warpers, min_tokens_to_keep=1) ---
 
 def _check_temperature(t: float | None) -> None:
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
-        raise ValueError(f"temperature must be a number above 0, got {t!r}. Fix: for the most likely token at every "
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf")):
+        raise ValueError(f"temperature must be a finite number above 0, got {t!r}. Fix: for the most likely token at every "
                          "step use greedy decoding (greedy_generate, or generate(do_sample=False)); otherwise pass "
                          "a small positive temperature such as 0.7.")
 
@@ -89,11 +89,18 @@ def _prompt(model, input_ids, max_new_tokens: int, attention_mask) -> tuple[torc
         if empty:
             raise ValueError(f"The prompt of row {empty[0]} is empty (its attention_mask is all 0). "
                              "Fix: give every row at least one token.")
+        right = ((mask[:, :-1] != 0) & (mask[:, 1:] == 0)).any(-1).nonzero().flatten().tolist()
+        if right:  # new tokens go on the right, so padding must be on the left
+            raise ValueError(f"Row {right[0]} of attention_mask has padding after its tokens (right padding), but new "
+                             "tokens are added on the right. Fix: tokenizer.padding_side = 'left', then tokenize "
+                             "again and pass that attention_mask with those input_ids.")
     limit = context_length(model)
     if limit is not None and ids.shape[1] + max_new_tokens > limit:
         raise ValueError(f"The prompt ({ids.shape[1]} tokens) plus max_new_tokens={max_new_tokens} is "
                          f"{ids.shape[1] + max_new_tokens} positions, beyond the model's context of {limit}. "
-                         f"Fix: use max_new_tokens <= {max(limit - ids.shape[1], 0)} or a shorter prompt.")
+                         + (f"Fix: use max_new_tokens <= {limit - ids.shape[1]} or a shorter prompt."
+                            if ids.shape[1] < limit else f"Fix: shorten the prompt to at most {limit - 1} tokens "
+                            "(it alone fills the context)."))
     return ids.to(model.device), mask
 
 
@@ -103,7 +110,11 @@ def eos_ids(model, eos_token_id: int | Sequence[int] | None = None) -> list[int]
         eos_token_id = model.generation_config.eos_token_id
     if eos_token_id is None:
         return []
-    return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(i) for i in eos_token_id]
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+    if isinstance(ids, str) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"eos_token_id must be a token id (an int) or a list of them, got {eos_token_id!r}. "
+                         "Fix: pass tokenizer.eos_token_id, or tokenizer.convert_tokens_to_ids('<|im_end|>').")
+    return [int(i) for i in ids]
 
 
 def _pad_id(model, eos: list[int]) -> int | None:
@@ -176,6 +187,8 @@ def sample_generate(model, input_ids, max_new_tokens: int, *, temperature: float
     _check_temperature(temperature)
     _check_top_k(top_k)
     _check_top_p(top_p)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be a whole number, got {seed!r}. Fix: seed=0 (any int), or None for no seeding.")
     ids, mask = _prompt(model, input_ids, max_new_tokens, attention_mask)
     if seed is not None:
         torch.manual_seed(seed)
@@ -256,6 +269,9 @@ def compare_with_generate(model, input_ids, ours, **generate_kwargs) -> Comparis
     if ours.shape[0] != ids.shape[0] or ours.shape[1] < ids.shape[1] or not torch.equal(ours[:, :ids.shape[1]], ids):
         raise ValueError(f"ours (shape {tuple(ours.shape)}) must start with the prompt (shape {tuple(ids.shape)}), "
                          "as generate's output does. Fix: pass the full output of your loop, prompt included.")
+    if "max_new_tokens" not in generate_kwargs and "max_length" not in generate_kwargs:
+        # generate's own default (generation_config.max_length) would cut it short or let it run on: give it ours.
+        generate_kwargs["max_new_tokens"] = max(ours.shape[1] - ids.shape[1], 1)
     if seed is not None:
         torch.manual_seed(seed)
     out = model.generate(ids, return_dict_in_generate=True, output_logits=True, **generate_kwargs)

@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 from .chat import IGNORE_INDEX
+from .generation import check_max_new_tokens
 
 IMAGE_TOKEN = "<image>"
 # One user turn in SmolLM2's chat format, without the default system prompt the template would add.
@@ -29,9 +30,34 @@ VISION_HIDDEN = 128
 
 # --- the processor: prompt and pixels ------------------------------------------------------------
 
+IMAGE_SIZE = 64  # the side the vision tower was trained on; other sizes are resized, as an image processor does
+
+
+def as_rgb_image(image) -> Image.Image:
+    """One image as an RGB PIL image of IMAGE_SIZE x IMAGE_SIZE: numpy arrays and 16-bit or other modes are
+    converted, other sizes resized (bicubic), like transformers' image processors; anything else is refused."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(f"A numpy image must be uint8 of shape [height, width] or [height, width, 3], got "
+                             f"{image.dtype} of shape {image.shape}. Fix: (array * 255).astype('uint8') for 0-1 floats.")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"Expected a PIL image, got {type(image).__name__} {str(image)[:40]!r}. Fix: open the file "
+                         "first, Image.open(path), or pass a numpy array of shape [height, width, 3].")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale to 8 bits instead of clipping at 255
+        image = Image.fromarray((np.asarray(image, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8))
+    image = image.convert("RGB")
+    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+    return image
+
+
 def pixel_values(images: list[Image.Image]) -> torch.Tensor:
     """Images as a float tensor [batch, 3, height, width], scaled to [-1, 1] as SigLIP expects."""
-    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
+    if isinstance(images, (Image.Image, np.ndarray)) or isinstance(images, str) or not len(images):
+        raise ValueError(f"Expected a non-empty list of images, got {type(images).__name__}. Fix: pass [image] for one "
+                         "image, or a list of them.")
+    array = np.stack([np.asarray(as_rgb_image(image), dtype=np.float32) for image in images])
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
@@ -213,9 +239,14 @@ class TinyLlava(nn.Module):
     @torch.no_grad()
     def answer(self, images: list[Image.Image], question: str, max_new_tokens: int = 6) -> list[str]:
         """Greedy replies to one question about each image (a batch, left-padded)."""
+        pixels = pixel_values(images)  # checked before the model runs
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"question must be a non-empty string, got {question!r}. Fix: for example "
+                             "'What color is the shape?'.")
+        check_max_new_tokens(max_new_tokens)
         prompts = [PROMPT.format(question=question)] * len(images)
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True)
-        embeds, mask, positions, _ = self.merge(batch.input_ids, pixel_values(images), batch.attention_mask,
+        embeds, mask, positions, _ = self.merge(batch.input_ids, pixels, batch.attention_mask,
                                                 padding_side="left")
         new_ids = self.language_model.generate(
             inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,

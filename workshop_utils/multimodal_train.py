@@ -140,6 +140,10 @@ def train_connector(model: TinyLlava, steps: int, batch_size: int = 16, seed: in
 
 def accuracy(model: TinyLlava, n: int = 200, seed: int = 12345, batch_size: int = 50) -> dict[str, float]:
     """Percent of n new images whose colour and shape the model names (first word of a greedy reply)."""
+    for label, value in (("n", n), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a whole number of at least 1, got {value!r}: a percentage of no "
+                             "images means nothing. Fix: for example n=200, batch_size=50.")
     samples = make_shapes(n, seed=seed)
     right = {"color": 0, "shape": 0}
     for start in range(0, n, batch_size):

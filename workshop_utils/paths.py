@@ -1,14 +1,27 @@
-"""Output paths checked before the work: a command that measures for a minute, then cannot write, loses the minute.
+"""Command-line inputs checked before the work: a command that measures for a minute, then cannot write, loses
+the minute.
 
-`output_file` and `output_folder` make the folder if needed, prove it writable with a probe file, and raise
+`positive_int` is the argparse type for counts; `output_file` and `output_folder` make the folder if needed, prove it writable with a probe file, and raise
 ValueError naming the fix; `write_text_atomic` writes to a temporary file and renames, so no half-written file stays.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _blocking_file(folder: Path) -> Path | None:

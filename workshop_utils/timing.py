@@ -19,6 +19,8 @@ import torch
 
 from .display import Rendered, progress, table
 from .models import context_length
+from .paths import positive_int
+from .tokens import token_id_rows
 
 # Plain English to time prompts with: the content does not change the time, only the length does.
 PASSAGE = ("The river runs past the old mill and under the stone bridge, where children wait for the boats "
@@ -28,6 +30,18 @@ PASSAGE = ("The river runs past the old mill and under the stone bridge, where c
 def _check_repeats(repeats: int) -> None:
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats!r}. Fix: repeats=3 takes the median of 3 runs.")
+
+
+def _check_n_tokens(n_tokens: int) -> None:
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a whole number of at least 1, got {n_tokens!r}. Fix: for example "
+                         "n_tokens=16.")
+
+
+def _prompt_row(model, input_ids) -> torch.Tensor:
+    """The prompt as one checked row [1, positions] on the model's device (a list or 1-D ids are fine)."""
+    return token_id_rows(input_ids, "input_ids", vocab_size=getattr(model.config, "vocab_size", None),
+                         one_row=True).to(model.device)
 
 
 def interleaved_medians(fns: Sequence[Callable[[], object]], *, repeats: int = 3) -> list[float]:
@@ -53,6 +67,7 @@ def median_seconds(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 
 @torch.inference_mode()
 def prefill_seconds(model, input_ids: torch.Tensor, *, logits_to_keep: int = 0, repeats: int = 3) -> float:
     """Median time of one forward pass over the whole prompt (0 keeps logits for every position)."""
+    input_ids = _prompt_row(model, input_ids)
     return median_seconds(lambda: model(input_ids, logits_to_keep=logits_to_keep, use_cache=True), repeats=repeats)
 
 
@@ -60,9 +75,8 @@ def prefill_seconds(model, input_ids: torch.Tensor, *, logits_to_keep: int = 0, 
 def greedy_step_seconds(model, input_ids: torch.Tensor, n_tokens: int, *, use_cache: bool,
                         on_step: Callable[[], object] | None = None) -> list[float]:
     """One greedy run; the seconds each new token took (the first includes the prefill), with or without the cache."""
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}. Fix: for example n_tokens=16.")
-    ids = input_ids.reshape(1, -1).to(model.device)
+    _check_n_tokens(n_tokens)
+    ids = _prompt_row(model, input_ids)
     limit = context_length(model)
     if limit is not None and ids.shape[1] + n_tokens > limit:
         raise ValueError(f"{ids.shape[1]} prompt tokens + {n_tokens} new ones exceed the context of {limit}. "
@@ -86,17 +100,15 @@ def greedy_step_seconds(model, input_ids: torch.Tensor, n_tokens: int, *, use_ca
 
 def prefill_then_decode(model, input_ids: torch.Tensor, n_tokens: int = 8) -> tuple[float, float]:
     """One timed greedy run: seconds to the first new token (prefill), then seconds per decoded token after it."""
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}. Fix: n_tokens=8 times 8 decoded tokens.")
+    _check_n_tokens(n_tokens)
     seconds = greedy_step_seconds(model, input_ids, n_tokens + 1, use_cache=True)
     return seconds[0], sum(seconds[1:]) / n_tokens
 
 
 def decode_seconds_per_token(model, input_ids: torch.Tensor, n_tokens: int = 16, *, repeats: int = 3) -> float:
     """Median time per new token when decoding one position per pass with the KV cache."""
-    if n_tokens < 1 or repeats < 1:
-        raise ValueError(f"n_tokens and repeats must be at least 1, got {n_tokens} and {repeats}. Fix: for "
-                         "example n_tokens=16, repeats=3.")
+    _check_n_tokens(n_tokens)
+    _check_repeats(repeats)
     prefill_then_decode(model, input_ids, n_tokens)  # warm-up
     return statistics.median(prefill_then_decode(model, input_ids, n_tokens)[1] for _ in range(repeats))
 
@@ -237,8 +249,8 @@ class StepPoint:
 def step_seconds_sweep(model, input_ids: torch.Tensor, lengths: Sequence[int] = (16, 64, 256), *,
                        repeats: int = 3) -> list[StepPoint]:
     """Median time of one new token at each sequence length, without the cache (all positions) and with it (one)."""
-    lengths = check_sweep(lengths, input_ids, repeats, shortest=2)  # one position from the cache, at least
-    ids = input_ids.reshape(1, -1).to(model.device)
+    ids = _prompt_row(model, input_ids)
+    lengths = check_sweep(lengths, ids, repeats, shortest=2)  # one position from the cache, at least
     points = []
     for n in progress(lengths, desc="with and without the cache"):
         uncached = median_seconds(lambda: model(ids[:, :n], use_cache=False, logits_to_keep=1), repeats=repeats)
@@ -276,8 +288,9 @@ def plot_step_seconds(points: Sequence[StepPoint]) -> None:
 
 def passage_ids(tokenizer, n_tokens: int) -> torch.Tensor:
     """Ids [1, n_tokens] of a plain passage repeated and cut to exactly n_tokens tokens."""
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}. Fix: ask for a prompt of 1 token or more.")
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a whole number of at least 1, got {n_tokens!r}. Fix: ask for a prompt of "
+                         "1 token or more.")
     piece = tokenizer(" " + PASSAGE, add_special_tokens=False).input_ids  # the space joins the passage's repeats
     return torch.tensor([(piece * (n_tokens // len(piece) + 1))[:n_tokens]])
 
@@ -315,14 +328,13 @@ class SweepPoint:
 def prefill_decode_sweep(model, input_ids: torch.Tensor, lengths: Sequence[int] = (16, 64, 256, 1024), *,
                          n_tokens: int = 8, repeats: int = 2) -> list[SweepPoint]:
     """Time prefill and decode for prompts made of the first `length` ids of input_ids, for each length."""
+    input_ids = _prompt_row(model, input_ids)
     lengths = check_sweep(lengths, input_ids, repeats)
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be at least 1, got {n_tokens}. Fix: for example n_tokens=8.")
+    _check_n_tokens(n_tokens)
     limit = context_length(model)
     if limit is not None and max(lengths) + n_tokens > limit:
         raise ValueError(f"{max(lengths)} prompt tokens + {n_tokens} new ones exceed the context of {limit}. "
                          f"Fix: keep lengths at or below {limit - n_tokens}.")
-    input_ids = input_ids.reshape(1, -1).to(model.device)
     prefill_then_decode(model, input_ids[:, : lengths[0]], n_tokens)  # warm-up
     runs = {n: [] for n in lengths}
     for n, _ in progress([(n, r) for n in lengths for r in range(repeats)], desc="prefill + decode"):
@@ -359,10 +371,10 @@ def plot_sweep(points: Sequence[SweepPoint]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command line: the full prefill/decode sweep on the default model (more lengths and repeats)."""
     parser = argparse.ArgumentParser(prog="python -m workshop_utils.timing", description=main.__doc__)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256, 1024, 2048, 4096])
-    parser.add_argument("--tokens", type=int, default=16, help="new tokens decoded per run")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
+    parser.add_argument("--lengths", type=positive_int, nargs="+", default=[16, 64, 256, 1024, 2048, 4096])
+    parser.add_argument("--tokens", type=positive_int, default=16, help="new tokens decoded per run")
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    args = parser.parse_args(argv)  # every argument checked before the model loads
     from .models import load_model
 
     model, tokenizer = load_model()

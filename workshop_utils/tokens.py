@@ -46,15 +46,40 @@ def _is_byte_level(tokenizer) -> bool:
     return backend is not None and type(backend.decoder).__name__ == "ByteLevel"
 
 
+def _as_id_tensor(ids, name: str) -> torch.Tensor:
+    """What a learner passes as ids (list, tensor, array, tokenizer output) as a tensor; one message for the rest."""
+    if isinstance(ids, str):
+        raise ValueError(f"{name} is a string ({ids[:40]!r}), not token ids. Fix: tokenize it first: "
+                         "tokenizer(text, return_tensors='pt').input_ids.")
+    if isinstance(ids, Mapping):  # a BatchEncoding (or dict) from tokenizer(...)
+        if "input_ids" not in ids:
+            raise ValueError(f"{name} is a mapping without 'input_ids' (keys: {list(ids)}). Fix: pass "
+                             "tokenizer(text, return_tensors='pt').input_ids.")
+        mask = ids.get("attention_mask")
+        if mask is not None and not bool(_as_id_tensor(mask, "attention_mask").all()):
+            raise ValueError(f"{name} is a padded batch (its attention_mask has zeros), and the mask would be lost. "
+                             "Fix: pass input_ids=enc.input_ids and attention_mask=enc.attention_mask.")
+        ids = ids["input_ids"]
+    try:
+        return torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError) as error:
+        ragged = "expected sequence of length" in str(error)
+        raise ValueError((f"The rows of {name} have different lengths. Fix: pad them: tokenizer(texts, "
+                          "padding=True, return_tensors='pt'), and pass its attention_mask too." if ragged else
+                          f"{name} must be token ids, got {type(ids).__name__}. Fix: pass a list of ints, a 1-D or "
+                          "2-D tensor, or tokenizer(text, return_tensors='pt') (its input_ids).")) from None
+
+
 def token_id_rows(ids, name: str = "token ids", *, vocab_size: int | None = None, one_row: bool = False,
                   allow_empty: bool = False) -> torch.LongTensor:
     """Token ids as a LongTensor [rows, positions], checked: the package's one normaliser of ids.
 
-    A list or a 1-D tensor is one row. ValueError, naming the fix, for floats, a shape that is no
+    A list or a 1-D tensor is one row; a BatchEncoding gives its input_ids (refused when padded: the mask
+    would be lost). ValueError, naming the fix, for floats, a shape that is no
     [rows, positions], no ids at all (unless allow_empty), ids outside 0 .. vocab_size - 1 (when given),
     or more than one row when one_row.
     """
-    ids = torch.as_tensor(ids)
+    ids = _as_id_tensor(ids, name)
     rows = ids[None] if ids.dim() == 1 else ids
     if rows.dim() != 2 or (one_row and rows.shape[0] != 1):
         raise ValueError(f"Expected one sequence of token ids in {name}, got shape {tuple(ids.shape)}. Fix: pass one "
@@ -154,8 +179,12 @@ def show_tokens(tokenizer, text_or_ids) -> Rendered:
                     f"{summary}\n{chips_text}")
 
 
+ROLES = ("system", "user", "assistant", "tool")  # the roles of the usual chat message format
+
+
 def check_messages(messages) -> None:
-    """Raise ValueError, naming the fix, unless messages is a non-empty list of {'role': str, 'content': str}."""
+    """Raise ValueError, naming the fix, unless messages is a non-empty list of {'role': str, 'content': str}
+    with roles from ROLES."""
     if isinstance(messages, str):
         raise ValueError(f"The conversation is a string, not a list of messages: pass "
                          f"[{{'role': 'user', 'content': {messages!r}}}].")
@@ -170,6 +199,9 @@ def check_messages(messages) -> None:
                 and isinstance(message.get("content"), str)):
             raise ValueError(f"Message {i} is {message!r}. Fix: each message must be a dict with a string 'role' "
                              "and a string 'content', for example {'role': 'user', 'content': 'Hi'}.")
+        if message["role"] not in ROLES:
+            raise ValueError(f"Message {i} has the role {message['role']!r}, which chat templates do not know. Fix: "
+                             f"use one of {', '.join(map(repr, ROLES))}.")
 
 
 def _render(tokenizer, messages, **template_kwargs):

@@ -16,6 +16,10 @@ def check_cfg_scores(name: str, answer, cond_logits, uncond_logits, guidance_sca
     from ..cfg import guide
 
     cond_logits, uncond_logits = torch.as_tensor(cond_logits).float(), torch.as_tensor(uncond_logits).float()
+    if cond_logits.shape != uncond_logits.shape or cond_logits.numel() == 0:
+        raise ValueError(f"{name}: cond_logits {tuple(cond_logits.shape)} and uncond_logits "
+                         f"{tuple(uncond_logits.shape)} must be non-empty and of one shape. Fix: pass both branches' "
+                         "logits at the same step, outputs.logits[:, -1] of each.")
     right = guide(cond_logits, uncond_logits, guidance_scale, blend)
     if not isinstance(answer, torch.Tensor):
         raise CheckFailed(f"{name}: expected a tensor of scores, got {type(answer).__name__}.")
@@ -49,6 +53,9 @@ def check_padded_rows(name: str, input_ids, attention_mask, position_ids, rows: 
                       pad_token_id: int) -> None:
     """Compare a left-padded batch, its attention mask and its position ids with the right ones for these rows."""
     __tracebackhide__ = True  # noqa: F841
+    if not rows or not all(len(r) for r in rows):
+        raise ValueError(f"{name}: rows is {rows!r}; the check needs at least one row, each of one token or more. "
+                         "Fix: pass the token ids of each branch, for example [prompt_ids, negative_ids].")
     width = max(len(r) for r in rows)
     ids = [[pad_token_id] * (width - len(r)) + list(r) for r in rows]
     mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]

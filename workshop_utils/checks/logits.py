@@ -14,7 +14,11 @@ def check_first_correct_position(name: str, answer, logits, input_ids, tokenizer
     """The first position whose top-1 prediction is the token that really came next (position p predicts p + 1)."""
     __tracebackhide__ = True  # noqa: F841
     ids = flat_ints(input_ids)
-    top1 = [int(t) for t in torch.as_tensor(logits).reshape(-1, torch.as_tensor(logits).shape[-1]).argmax(-1)]
+    logits = torch.as_tensor(logits)
+    if logits.dim() < 2 or logits.reshape(-1, logits.shape[-1]).shape[0] != len(ids) or not ids:
+        raise ValueError(f"{name}: logits of shape {tuple(logits.shape)} do not match {len(ids)} input ids (one row of "
+                         "logits per position). Fix: pass model(input_ids).logits with the same input_ids.")
+    top1 = [int(t) for t in logits.reshape(-1, logits.shape[-1]).argmax(-1)]
     right = [p for p in range(len(ids) - 1) if top1[p] == ids[p + 1]]
     expected = right[0] if right else None
     if answer == expected:
