@@ -23,7 +23,7 @@ from .tokens import token_id_rows
 def check_guidance(guidance_scale: float, negative_prompt_ids=None, blend: float | None = None) -> None:
     """Raise ValueError, naming the fix, for a guidance scale below 0, an empty negative prompt or a bad blend."""
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}. Fix: for example 1.5 "
+        raise ValueError(f"guidance_scale must be a number (finite), got {guidance_scale!r}. Fix: for example 1.5 "
                          "(1 turns guidance off).")
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale is {guidance_scale}, below 0. Fix: use 0 or more (1 turns guidance off, "

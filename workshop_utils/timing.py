@@ -34,7 +34,7 @@ def _check_repeats(repeats: int) -> None:
 
 def _check_n_tokens(n_tokens: int) -> None:
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-        raise ValueError(f"n_tokens must be a whole number of at least 1, got {n_tokens!r}. Fix: for example "
+        raise ValueError(f"n_tokens must be at least 1, a whole number, got {n_tokens!r}. Fix: for example "
                          "n_tokens=16.")
 
 
@@ -289,7 +289,7 @@ def plot_step_seconds(points: Sequence[StepPoint]) -> None:
 def passage_ids(tokenizer, n_tokens: int) -> torch.Tensor:
     """Ids [1, n_tokens] of a plain passage repeated and cut to exactly n_tokens tokens."""
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-        raise ValueError(f"n_tokens must be a whole number of at least 1, got {n_tokens!r}. Fix: ask for a prompt of "
+        raise ValueError(f"n_tokens must be at least 1, a whole number, got {n_tokens!r}. Fix: ask for a prompt of "
                          "1 token or more.")
     piece = tokenizer(" " + PASSAGE, add_special_tokens=False).input_ids  # the space joins the passage's repeats
     return torch.tensor([(piece * (n_tokens // len(piece) + 1))[:n_tokens]])
