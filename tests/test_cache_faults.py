@@ -175,11 +175,16 @@ def test_read_only_cache(cache, monkeypatch):
 
 
 @pytest.mark.slow
-def test_sigkill_during_prepare_force_loses_nothing(cache, capsys):
+def test_sigkill_during_prepare_force_loses_nothing(cache, capsys, monkeypatch):
     """Kill `prepare --force` at each point; the next prepare succeeds, no temporary folder stays, weights verify."""
     before = models.sha256_of(weights(cache))
+
+    def no_conversion(gguf):
+        raise AssertionError("the old copy was lost: the next prepare had to convert again")
+
+    monkeypatch.setattr(models, "load_gguf", no_conversion)
     env = {**os.environ, "REAL_MODEL_DIR": str(REAL_MODEL), "PYTHONPATH": f"{TESTS.parent}{os.pathsep}{TESTS}"}
-    for point in ["extracted", "converting", "half-written", "saved", "swapping"]:
+    for point in ["swapping", "extracted", "converting", "half-written", "saved"]:
         marker = cache.parent / f"reached-{point}"
         child = subprocess.Popen([sys.executable, str(TESTS / "prepare_killable.py"), point, str(marker)], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
