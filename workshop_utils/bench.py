@@ -16,14 +16,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .display import text_table
-from .paths import output_file, write_text_atomic
 from .generation import greedy_generate
+from .paths import output_file, write_text_atomic
 from .timing import (copy_bandwidth, greedy_step_seconds, interleaved_medians, measure_cfg_paths, passage_ids,
                      peak_memory_mib, prefill_seconds, weight_bytes_per_token)
 
