@@ -200,8 +200,8 @@ def check_messages(messages) -> None:
             raise ValueError(f"Message {i} is {message!r}. Fix: each message must be a dict with a string 'role' "
                              "and a string 'content', for example {'role': 'user', 'content': 'Hi'}.")
         if message["role"] not in ROLES:
-            raise ValueError(f"Message {i} has the role {message['role']!r}, which chat templates do not know. Fix: "
-                             f"use one of {', '.join(map(repr, ROLES))}.")
+            raise ValueError(f"Message {i} has the role {message['role']!r}, which chat templates do not know: "
+                             f"use one of {', '.join(map(repr, ROLES))}.")  # (the wording notebook 05 stores)
 
 
 def _render(tokenizer, messages, **template_kwargs):
