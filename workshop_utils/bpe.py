@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import regex
 
+from .tokens import token_id_rows
+
 # GPT-2's pre-tokenizer: contractions, letters, numbers, other symbols, each with at most one space before.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -138,6 +140,7 @@ class ByteLevelBPE:
 
     def decode(self, ids) -> str:
         """Text of ids: each token's characters back to bytes (an added token as its UTF-8), then UTF-8."""
+        ids = token_id_rows(ids, "ids", one_row=True, allow_empty=True)[0].tolist()
         bad = [i for i in ids if int(i) not in self.id_to_token]
         if bad:
             raise ValueError(f"Token id {bad[0]} is not in this vocabulary of {len(self.id_to_token)} tokens. Fix: "
@@ -157,6 +160,11 @@ def train(text: str, vocab_size: int, special_tokens=(), *, pattern: str = GPT2_
     if not isinstance(text, str):
         raise TypeError(f"train takes the corpus as a str, got {type(text).__name__}. Fix: read the file with "
                         "Path(...).read_text(encoding='utf-8').")
+    if isinstance(special_tokens, str) or not all(isinstance(t, str) and t for t in special_tokens):
+        raise ValueError(f"special_tokens must be a list of non-empty strings, got {special_tokens!r}. Fix: wrap one "
+                         "token in a list: special_tokens=['<|endoftext|>'].")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise ValueError(f"vocab_size must be a whole number, got {vocab_size!r}. Fix: pass e.g. vocab_size=512.")
     if not text:
         raise ValueError("The corpus is empty, so there are no pairs to count. Fix: pass some text.")
     if vocab_size < 256 + len(special_tokens):

@@ -45,6 +45,9 @@ def build_corpus(root: str | Path, out: str | Path = CORPUS_FILE) -> int:
     import nbformat
 
     root = Path(root)
+    if not any(root.glob("notebooks/*.ipynb")) or not any(root.glob("lessons/*.md")):
+        raise ValueError(f"{root} has no lessons/*.md or no notebooks/*.ipynb, so the corpus would be nearly empty "
+                         "(and would replace the shipped one). Fix: pass the root of a checkout of the kit.")
     parts = [p.read_text(encoding="utf-8") for p in [*sorted(root.glob("lessons/*.md")), root / "README.md"]]
     for path in sorted(root.glob("notebooks/*.ipynb")):
         parts += [cell.source for cell in nbformat.read(path, as_version=4).cells]
@@ -102,6 +105,9 @@ SAMPLES = {
 
 def bytes_per_token(encode, text: str) -> float:
     """UTF-8 bytes of text divided by the number of tokens encode(text) makes: higher is better compression."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"bytes_per_token needs a non-empty text, got {text!r}. Fix: pass a sample such as "
+                         "SAMPLES['English'].")
     return len(text.encode("utf-8")) / len(encode(text))
 
 

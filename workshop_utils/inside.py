@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from . import llama
 from .display import WithFallback, table
+from .tokens import token_id_rows
 
 
 @dataclass
@@ -54,6 +55,10 @@ def _recording_attention(kept: list, heads: list[int], mode: str):
 def _check_ablation(weights: llama.Weights, ablate: dict[int, list[int]] | None, mode: str) -> dict[int, list[int]]:
     if mode not in ("zero", "mean"):
         raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}. Fix: pass mode='zero' or mode='mean'.")
+    if ablate is not None and (not isinstance(ablate, dict) or not all(
+            isinstance(heads, (list, tuple, set)) for heads in ablate.values())):
+        raise ValueError(f"ablate must be a dict {{layer: [heads]}}, got {ablate!r}. Fix: for example "
+                         "ablate={3: [0, 5]} silences heads 0 and 5 of layer 3 (a list even for one head).")
     ablate = {int(layer): [int(h) for h in heads] for layer, heads in (ablate or {}).items()}
     for layer, heads in ablate.items():
         if not 0 <= layer < len(weights.layers) or any(not 0 <= h < weights.n_heads for h in heads):
@@ -88,13 +93,8 @@ def lens(weights: llama.Weights, residual: torch.Tensor) -> torch.Tensor:
     return llama.linear(llama.rms_norm(residual, weights.norm, weights.eps), weights.lm_head)
 
 
-def _single(input_ids) -> torch.Tensor:
-    ids = torch.as_tensor(input_ids)
-    ids = ids[None] if ids.dim() == 1 else ids
-    if ids.dim() != 2 or ids.shape[0] != 1:
-        raise ValueError(f"Expected one sequence of token ids, got shape {tuple(ids.shape)}. "
-                         "Fix: pass tokenizer(text, return_tensors='pt').input_ids (batch of 1).")
-    return ids
+def _single(input_ids, vocab_size: int | None = None) -> torch.Tensor:
+    return token_id_rows(input_ids, "input_ids", vocab_size=vocab_size, one_row=True)
 
 
 @torch.inference_mode()
@@ -104,7 +104,7 @@ def logit_lens(model, input_ids) -> torch.Tensor:
     transformers' last hidden state is the final norm's output already (the off-by-one): it goes to lm_head alone,
     so the lens's last layer is the model's logits exactly.
     """
-    ids = _single(input_ids).to(model.device)
+    ids = _single(input_ids, model.config.vocab_size).to(model.device)
     hidden = model(ids, output_hidden_states=True).hidden_states
     body, head = model.get_decoder(), model.get_output_embeddings()
     return torch.stack([head(body.norm(h)) for h in hidden[:-1]] + [head(hidden[-1])])[:, 0]
@@ -117,13 +117,13 @@ def attention_patterns(model, input_ids) -> torch.Tensor:
     if implementation != "eager":
         raise ValueError(f"This model uses {implementation!r} attention, which returns no weights. Fix: "
                          "model.set_attn_implementation('eager'), or load with attn_implementation='eager'.")
-    ids = _single(input_ids).to(model.device)
+    ids = _single(input_ids, model.config.vocab_size).to(model.device)
     return torch.stack(model(ids, output_attentions=True).attentions)[:, 0]
 
 
 def repeated_random_tokens(vocab_size: int, length: int, *, seed: int = 0, low: int = 100) -> torch.Tensor:
     """[1, 2 * length]: `length` random ids (from low to vocab_size - 1, so no special tokens), then the same again."""
-    if length <= 0 or low >= vocab_size:
+    if not isinstance(length, int) or length <= 0 or low >= vocab_size:
         raise ValueError(f"length must be positive and low below vocab_size, got {length} and {low}. "
                          "Fix: pass e.g. length=50, low=100.")
     half = torch.randint(low, vocab_size, (1, length), generator=torch.Generator().manual_seed(seed))
@@ -142,7 +142,7 @@ def head_scores(patterns: torch.Tensor, period: int | None = None) -> dict[str, 
     q = torch.arange(1, n)
     scores = {"sink": patterns[..., 1:, 0].mean(-1), "previous": patterns[..., q, q - 1].mean(-1)}
     if period is not None:
-        if not 0 < period < n:
+        if not isinstance(period, int) or not 0 < period < n:
             raise ValueError(f"period {period} does not fit {n} positions. Fix: pass the repeated half's length.")
         q = torch.arange(period, n)
         scores["duplicate"] = patterns[..., q, q - period].mean(-1)
@@ -152,19 +152,29 @@ def head_scores(patterns: torch.Tensor, period: int | None = None) -> dict[str, 
 
 def top_heads(scores: torch.Tensor, k: int = 3) -> list[tuple[int, int, float]]:
     """The k highest (layer, head, score) of a [layers, heads] score table."""
+    if not isinstance(k, int) or not 1 <= k <= scores.numel():
+        raise ValueError(f"k must be a whole number from 1 to {scores.numel()} (the heads in the table), got {k!r}. "
+                         "Fix: pass e.g. k=3.")
     values, flat = scores.flatten().topk(k)
     return [(int(i) // scores.shape[1], int(i) % scores.shape[1], float(v)) for v, i in zip(values, flat)]
 
 
 def kv_groups(n_heads: int, n_kv_heads: int) -> list[list[int]]:
     """Which query heads share each key/value head (repeat_interleave's order: consecutive heads share)."""
+    if n_kv_heads < 1 or n_heads % n_kv_heads:
+        raise ValueError(f"{n_heads} query heads cannot be shared equally by {n_kv_heads} key/value heads. Fix: pass "
+                         "config.num_attention_heads and config.num_key_value_heads (the first a multiple of the second).")
     group = n_heads // n_kv_heads
     return [list(range(kv * group, (kv + 1) * group)) for kv in range(n_kv_heads)]
 
 
 def surprisal(logits: torch.Tensor, input_ids) -> torch.Tensor:
     """-log p (nats) of each actual next token: [positions - 1] for a [1, positions, vocab] batch of one."""
-    ids = _single(input_ids).to(logits.device)
+    ids = _single(input_ids, logits.shape[-1]).to(logits.device)
+    if logits.dim() != 3 or logits.shape[:2] != (1, ids.shape[1]) or ids.shape[1] < 2:
+        raise ValueError(f"logits of shape {tuple(logits.shape)} do not fit {ids.shape[1]} input ids: surprisal needs "
+                         "[1, positions, vocab] logits of the same ids, and at least 2 of them. Fix: pass "
+                         "model(input_ids).logits with those same input_ids.")
     return F.cross_entropy(logits.detach()[0, :-1].float(), ids[0, 1:], reduction="none")
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .generation import check_max_new_tokens, eos_ids
 from .models import context_length
+from .tokens import token_id_rows
 
 SUPPORTED = ("LlamaForCausalLM",)  # same layout: SmolLM2, TinyLlama, Llama 2; not Qwen2 (q/k/v biases)
 HANDLED = {"rope_type": "default", "hidden_act": "silu", "attention_bias": False, "mlp_bias": False}
@@ -62,11 +63,14 @@ class Cache:
 
 def from_model(model) -> Weights:
     """The tensors of a loaded transformers Llama model, shared (not copied), and the numbers forward needs."""
-    name, c = type(model).__name__, model.config
+    name = type(model).__name__
     if name not in SUPPORTED:
         raise ValueError(f"{name} is not a Llama model; workshop_utils.llama supports {', '.join(SUPPORTED)}. "
-                         "Fix: load one, e.g. load_model() for the default SmolLM2, or extend from_model and "
-                         "block for this architecture (Qwen2 adds biases to q, k and v).")
+                         + ("Fix: load_model() returns (model, tokenizer): pass the model alone, from_model(model)."
+                            if isinstance(model, tuple) else
+                            "Fix: load one, e.g. load_model() for the default SmolLM2, or extend from_model and "
+                            "block for this architecture (Qwen2 adds biases to q, k and v)."))
+    c = model.config
     found = {"rope_type": c.rope_parameters.get("rope_type"), "hidden_act": c.hidden_act,
              "attention_bias": c.attention_bias, "mlp_bias": c.mlp_bias}
     if found != HANDLED:
@@ -145,11 +149,13 @@ def block(weights: Weights, layer: Layer, x: torch.Tensor, cos, sin, past=None, 
 
 def _checked_ids(weights: Weights, input_ids, cache: Cache | None, new_tokens: int = 0) -> torch.Tensor:
     """input_ids as [batch, positions], every ValueError raised before any computation."""
-    ids = torch.as_tensor(input_ids)
-    ids = ids[None] if ids.dim() == 1 else ids
-    if ids.dim() != 2 or ids.is_floating_point() or ids.numel() == 0:
-        raise ValueError(f"input_ids must be integer token ids of shape [batch, positions], got {tuple(ids.shape)} "
-                         f"{ids.dtype}. Fix: pass tokenizer(text, return_tensors='pt').input_ids.")
+    if not isinstance(weights, Weights):
+        raise ValueError(f"weights must be what llama.from_model returns, got {type(weights).__name__}. "
+                         "Fix: weights = llama.from_model(model), then pass weights.")
+    if cache is not None and not isinstance(cache, Cache):
+        raise ValueError(f"cache must be the Cache that llama.forward returned, got {type(cache).__name__}. "
+                         "Fix: logits, cache = llama.forward(weights, ids), then pass that cache (or None).")
+    ids = token_id_rows(input_ids, "input_ids")  # str, ragged rows, floats, empty, padded BatchEncoding: refused
     vocab, bad = weights.embed.shape[0], ((ids < 0) | (ids >= weights.embed.shape[0])).nonzero()
     if len(bad):
         raise ValueError(f"Token id {int(ids[tuple(bad[0])])} at {tuple(bad[0].tolist())} is outside the model's "
@@ -184,7 +190,8 @@ def greedy_generate(weights: Weights, input_ids, max_new_tokens: int, eos_token_
     """The prompt and up to max_new_tokens argmax tokens, with the cache, as generate(do_sample=False) returns them."""
     check_max_new_tokens(max_new_tokens)
     sequence = _checked_ids(weights, input_ids, None, max_new_tokens)
-    eos = weights.eos_ids if eos_token_id is None else [int(i) for i in torch.as_tensor(eos_token_id).flatten()]
+    eos = weights.eos_ids if eos_token_id is None else eos_ids(None, eos_token_id.tolist()
+                                                              if torch.is_tensor(eos_token_id) else eos_token_id)
     unfinished = torch.ones(sequence.shape[0], dtype=torch.bool, device=sequence.device)
     logits, cache = forward(weights, sequence)
     for step in range(max_new_tokens):

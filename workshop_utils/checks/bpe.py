@@ -23,6 +23,14 @@ def _first_id_difference(answer, expected, tokenizer) -> str:
     return f"you have {len(answer)} ids, expected {len(expected)} (expected tokens {_tokens(expected, tokenizer)})"
 
 
+def _check_many(name: str, items, what: str) -> None:
+    """texts (or id_lists) must be a list of several: one text alone would be checked character by character."""
+    one = isinstance(items, str) or (what == "id_lists" and any(isinstance(i, int) for i in items))
+    if one or not items:
+        raise ValueError(f"{name}: {what} must be a non-empty list of {'texts' if what == 'texts' else 'lists of ids'}"
+                         f", got {str(items)[:60]!r}. Fix: wrap a single one in a list: [{'text' if what == 'texts' else 'ids'}].")
+
+
 def check_byte_table(name: str, table) -> None:
     """Compare a byte -> character table with GPT-2's, as transformers ships it; name the first wrong byte."""
     __tracebackhide__ = True  # noqa: F841
@@ -43,6 +51,7 @@ def check_byte_table(name: str, table) -> None:
 def check_pre_tokenizer(name: str, pre_tokenize: Callable[[str], list[str]], tokenizer, texts: Sequence[str]) -> None:
     """Compare pre_tokenize(text) with the tokenizer's own pre-tokenizer on every text; show the first difference."""
     __tracebackhide__ = True  # noqa: F841
+    _check_many(name, texts, "texts")
     pre = tokenizer.backend_tokenizer.pre_tokenizer
     for n, text in enumerate(texts):
         expected = [piece for piece, _ in pre.pre_tokenize_str(text)]
@@ -57,6 +66,7 @@ def check_encoder(name: str, encode: Callable[[str], list[int]], tokenizer, text
                   split_special_tokens: bool = False) -> None:
     """Compare encode(text) with tokenizer.encode(text, add_special_tokens=False) on every text."""
     __tracebackhide__ = True  # noqa: F841
+    _check_many(name, texts, "texts")
     for n, text in enumerate(texts):
         expected = tokenizer.encode(text, add_special_tokens=False, split_special_tokens=split_special_tokens)
         answer = [int(i) for i in encode(text)]
@@ -68,6 +78,7 @@ def check_encoder(name: str, encode: Callable[[str], list[int]], tokenizer, text
 def check_decoder(name: str, decode: Callable[[list[int]], str], tokenizer, id_lists: Sequence[Sequence[int]]) -> None:
     """Compare decode(ids) with tokenizer.decode(ids) on every list of ids; show the first differing character."""
     __tracebackhide__ = True  # noqa: F841
+    _check_many(name, id_lists, "id_lists")
     for n, ids in enumerate(id_lists):
         expected = tokenizer.decode(list(ids))
         answer = decode(list(ids))

@@ -96,6 +96,9 @@ def check_attention(name: str, fn, *, heads: int = 9, kv_heads: int = 3, head_di
 def check_logits(name: str, ours, expected, *, atol: float = 1e-4, tokenizer=None) -> None:
     """Logits [batch, positions, vocab] within atol of the reference; otherwise the first position that is off."""
     __tracebackhide__ = True  # noqa: F841
+    if isinstance(ours, tuple) or isinstance(expected, tuple):
+        raise ValueError(f"{name}: got a tuple where logits were expected (llama.forward returns (logits, cache)). "
+                         "Fix: logits, cache = llama.forward(weights, ids), then pass logits.")
     ours, expected = torch.as_tensor(ours).float(), torch.as_tensor(expected).float()
     if tuple(ours.shape) != tuple(expected.shape):
         raise CheckFailed(f"{name}: shape {tuple(ours.shape)}, expected {tuple(expected.shape)}.")

@@ -16,6 +16,9 @@ def check_layer0_prediction(prediction: str, lens_logits: torch.Tensor, input_id
     if prediction not in CHOICES:
         raise CheckFailed(f"exercise: prediction must be one of {CHOICES}, got {prediction!r}.")
     ids = torch.as_tensor(input_ids).flatten().to(lens_logits.device)
+    if lens_logits.dim() != 3 or lens_logits.shape[1] != len(ids):
+        raise ValueError(f"lens_logits of shape {tuple(lens_logits.shape)} do not fit {len(ids)} input ids. Fix: pass "
+                         "the [layers + 1, positions, vocab] lens of these same input_ids.")
     top = lens_logits[0].argmax(-1)
     shares = {"same": float((top == ids).float().mean()),
               "next": float((top[:-1] == ids[1:]).float().mean()) if len(ids) > 1 else 0.0}
