@@ -273,7 +273,7 @@ def test_refuses_a_cache_from_another_model(model, tiny):
 
 def test_refuses_ids_that_are_not_token_ids(tiny):
     weights = llama.from_model(tiny)
-    with pytest.raises(ValueError, match=r"integer token ids.*Fix:"):
+    with pytest.raises(ValueError, match=r"must be integers.*Fix:"):
         llama.forward(weights, torch.rand(1, 4))
     with pytest.raises(ValueError, match="max_new_tokens"):
         llama.greedy_generate(weights, torch.tensor([[4]]), 0)
