@@ -8,7 +8,12 @@ from transformers import AutoTokenizer
 
 from workshop_utils import multimodal as mm
 from workshop_utils import multimodal_train as mm_train
-from workshop_utils.models import ChecksumError, ModelSetupError, default_model_dir, sha256_of
+from workshop_utils.models import (
+    ChecksumError,
+    ModelSetupError,
+    default_model_dir,
+    sha256_of,
+)
 
 N_PATCHES = 16
 
@@ -263,7 +268,7 @@ def test_baselines_are_what_they_say(colour_reader):
     assert rows["chance: most frequent answer"]["color"][0] == truth.count(frequent)
     assert rows["chance: uniform guess"]["color"][2] == pytest.approx(100 / 6)
     for row in rows.values():
-        right, n, accuracy, low, high = row["color"]
+        _, _, accuracy, low, high = row["color"]
         assert low is None or low <= accuracy <= high
 
 

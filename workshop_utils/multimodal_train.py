@@ -26,8 +26,21 @@ from torch import nn
 from .chat import IGNORE_INDEX, assistant_labels
 from .display import progress, table
 from .models import sha256_of
-from .multimodal import (CHAT_PROMPT, IMAGE_TOKEN, PROMPT, SYSTEM, VISION_HIDDEN, WEIGHTS_FILE, ShapeEncoder, TinyLlava,
-                         load_tinyllava, load_weights, make_connector, pixel_values, save_weights)
+from .multimodal import (
+    CHAT_PROMPT,
+    IMAGE_TOKEN,
+    PROMPT,
+    SYSTEM,
+    VISION_HIDDEN,
+    WEIGHTS_FILE,
+    ShapeEncoder,
+    TinyLlava,
+    load_tinyllava,
+    load_weights,
+    make_connector,
+    pixel_values,
+    save_weights,
+)
 
 COLORS = {
     "red": (215, 35, 35),
