@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--stage1-steps", type=int, default=60)
     train.add_argument("--stage2-steps", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=8, help="images per connector step")
-    train.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate of the connector")
+    train.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate of the connector (as in notebook 07)")
     train.add_argument("--out", type=Path, default=WEIGHTS_FILE)
     evaluate_parser = commands.add_parser("eval", help="the causal table on held-out images")
     evaluate_parser.add_argument("--weights", type=Path, default=WEIGHTS_FILE)
