@@ -93,7 +93,7 @@ def test_caption_labels_keep_the_caption_only(tiny):
 
 
 def test_stage2_labels_are_the_assistant_turns_of_notebook_05(tiny):
-    images, input_ids, attention_mask, labels = mm_train.recipe_batch(tiny.tokenizer, 2, 0, batch_size=3)
+    images, input_ids, _, labels = mm_train.recipe_batch(tiny.tokenizer, 2, 0, batch_size=3)
     samples = mm_train.make_shapes(3, seed=700_000)
     for row, (_, attributes) in enumerate(samples):
         learned = tiny.tokenizer.decode([t for t in labels[row].tolist() if t != -100])
