@@ -8,7 +8,12 @@ from transformers import AutoTokenizer
 
 from workshop_utils import multimodal as mm
 from workshop_utils import multimodal_train as mm_train
-from workshop_utils.models import ChecksumError, ModelSetupError, default_model_dir, sha256_of
+from workshop_utils.models import (
+    ChecksumError,
+    ModelSetupError,
+    default_model_dir,
+    sha256_of,
+)
 
 N_PATCHES = 16
 
@@ -73,21 +78,28 @@ def test_positions_count_from_zero_on_each_row(tiny, padding_side):
         assert row_mask[first_real:first_real + n].all()
 
 
-def test_labels_are_ignored_on_image_and_padding_positions(tiny):
+def test_caption_labels_keep_the_caption_only(tiny):
     samples = mm_train.make_shapes(2, seed=3)
-    input_ids, attention_mask, labels = mm_train.stage1_batch(tiny.tokenizer, samples, ["color", "caption"])
+    captions = [mm_train.caption(a) for _, a in samples]
+    input_ids, attention_mask, labels = mm_train.caption_batch(tiny.tokenizer, captions)
     with torch.no_grad():
         _, mask, _, merged = tiny.merge(input_ids, mm.pixel_values([s[0] for s in samples]), attention_mask, labels)
     for row in range(2):
-        ids = input_ids[row][attention_mask[row].bool()].tolist()
-        at = ids.index(tiny.image_token_id)
-        answer = tiny.tokenizer(("a " + " ".join(samples[row][1][k] for k in ("color", "shape")) if row else
-                                 samples[row][1]["color"]) + "<|im_end|>").input_ids
-        expected = [-100] * (len(ids) - len(answer) + N_PATCHES - 1) + answer
-        expected += [-100] * (merged.shape[1] - len(expected))
-        assert merged[row].tolist() == expected
-        assert (merged[row][at:at + N_PATCHES] == -100).all()
+        learned = [t for t in merged[row].tolist() if t != -100]
+        assert tiny.tokenizer.decode(learned) == captions[row] + "<|im_end|>"
+        assert (merged[row][:N_PATCHES] == -100).all(), "the image positions come first and are not learned"
         assert (merged[row][~mask[row].bool()] == -100).all()
+    assert captions[0].startswith("a ") and samples[0][1]["color"] in captions[0].split()
+
+
+def test_stage2_labels_are_the_assistant_turns_of_notebook_05(tiny):
+    images, input_ids, _, labels = mm_train.recipe_batch(tiny.tokenizer, 2, 0, batch_size=3)
+    samples = mm_train.make_shapes(3, seed=700_000)
+    for row, (_, attributes) in enumerate(samples):
+        learned = tiny.tokenizer.decode([t for t in labels[row].tolist() if t != -100])
+        assert sorted(learned.split("<|im_end|>")[:2]) == sorted([attributes["color"], attributes["shape"]])
+        assert int((input_ids[row] == tiny.image_token_id).sum()) == 1, "the image sits in the first user turn"
+    assert len(images) == 3
 
 
 def test_no_labels_in_no_labels_out(tiny):
@@ -137,9 +149,10 @@ def test_bad_padding_side_is_refused(tiny):
         mm.merge_image_features(input_ids, _NoEmbedding(10, 64), [], 0, padding_side="middle")
 
 
-def test_stage1_trains_the_connector_only(tiny):
+@pytest.mark.parametrize("stage", [1, 2])
+def test_both_stages_train_the_connector_only(tiny, stage):
     before = {name: p.detach().clone() for name, p in tiny.named_parameters()}
-    losses = mm_train.train_connector(tiny, steps=2, batch_size=2, seed=0)
+    losses = mm_train.train_connector(tiny, stage, steps=2, batch_size=2, seed=0)
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     changed = {name for name, p in tiny.named_parameters() if not torch.equal(p, before[name])}
     assert changed == {name for name in before if name.startswith("connector.")}
@@ -178,14 +191,112 @@ def test_tampered_weights_are_refused(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_shipped_model_names_colours_and_shapes():
-    model = mm.load_tinyllava()
-    samples = mm_train.make_shapes(12, seed=2024)
-    images = [image for image, _ in samples]
-    colours = model.answer(images, mm_train.QUESTIONS["color"])
-    shapes = model.answer(images, mm_train.QUESTIONS["shape"])
-    assert sum(c == a["color"] for c, (_, a) in zip(colours, samples)) >= 10, colours
-    assert sum(s == a["shape"] for s, (_, a) in zip(shapes, samples)) >= 10, shapes
+def test_shipped_model_sees_the_image():
+    """The causal evaluation on the shipped weights: the real image beats every baseline by far."""
+    result = mm_train.evaluate(mm.load_tinyllava(), n=40, seed=2024)
+    rows = {row["condition"]: row for row in mm_train.accuracy_rows(result)}
+    for task in mm_train.QUESTIONS:
+        real = rows["real image"][task][2]
+        assert real >= 75, (task, real)
+        for baseline in ("blank image", "shuffled images", "text only", "chance: most frequent answer"):
+            assert rows[baseline][task][2] <= real - 30, (task, baseline, rows[baseline][task], real)
+
+
+# --- the causal evaluation, on a model that reads the colour straight from the pixels ----------------
+
+class _ColourTower(torch.nn.Module):
+    """Every patch feature holds the mean colour of the image's coloured pixels (zero where there are none)."""
+
+    def forward(self, pixels):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        coloured = (pixels.amax(1) - pixels.amin(1) > 0.3).unsqueeze(1)  # [images, 1, h, w]
+        mean = (pixels * coloured).sum((2, 3)) / coloured.sum((2, 3)).clamp(min=1)  # [images, 3]
+        features = torch.zeros(len(pixels), N_PATCHES, 8)
+        features[:, :, :3] = mean.unsqueeze(1)
+        return BaseModelOutput(last_hidden_state=features, hidden_states=(features,))
+
+
+class _ColourReader(torch.nn.Module):
+    """A 'language model' whose next-token logits favour the colour word nearest the image features' colour."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.embed = torch.nn.Embedding(len(tokenizer) + 1, 8).requires_grad_(False)
+        self.embed.weight.zero_()  # text adds nothing: only the image positions carry a colour
+        self.colour_ids = mm_train.answer_token_ids(tokenizer, "color")
+        self.colours = torch.tensor([mm_train.COLORS[c] for c in mm_train.ANSWERS["color"]]) / 127.5 - 1
+        self.calls = []
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, logits_to_keep=0):
+        from transformers.modeling_outputs import CausalLMOutput
+
+        self.calls.append(int(attention_mask.sum(1).max()))
+        rgb = inputs_embeds[:, :, :3].sum(1) / N_PATCHES
+        logits = torch.zeros(len(inputs_embeds), 1, self.embed.num_embeddings)
+        logits[:, 0, self.colour_ids] = -torch.cdist(rgb, self.colours)
+        return CausalLMOutput(logits=logits)
+
+
+@pytest.fixture(scope="module")
+def colour_reader():
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    return mm.TinyLlava(_ColourReader(tokenizer), tokenizer, vision_tower=_ColourTower(),
+                        connector=torch.nn.Identity())
+
+
+def test_baselines_are_what_they_say(colour_reader):
+    samples = mm_train.make_shapes(60, seed=11)
+    result = mm_train.evaluate(colour_reader, samples=samples, batch_size=16)
+    truth = [a["color"] for _, a in samples[0::2]]  # the colour questions are the even images
+    assert result["truth"]["color"] == truth and result["images"]["color"] == list(range(0, 60, 2))
+    predicted = result["predicted"]
+    assert predicted["real image"]["color"] == truth, "the reader names every colour from its own image"
+    permutation = result["permutation"]["color"]
+    assert sorted(permutation) == list(range(30)) and all(j != i for i, j in enumerate(permutation))
+    assert predicted["shuffled images"]["color"] == [truth[j] for j in permutation]
+    for constant in ("blank image", "text only"):
+        assert len(set(predicted[constant]["color"])) == 1, f"{constant}: one input, one answer"
+    rows = {row["condition"]: row for row in mm_train.accuracy_rows(result)}
+    real, shuffled = rows["real image"]["color"], rows["shuffled images"]["color"]
+    assert real[:3] == (30, 30, 100.0)
+    assert shuffled[0] == sum(truth[j] == t for j, t in zip(permutation, truth)) and shuffled[2] <= 50
+    frequent = max(mm_train.ANSWERS["color"], key=truth.count)
+    assert rows["chance: most frequent answer"]["color"][0] == truth.count(frequent)
+    assert rows["chance: uniform guess"]["color"][2] == pytest.approx(100 / 6)
+    for row in rows.values():
+        _, _, accuracy, low, high = row["color"]
+        assert low is None or low <= accuracy <= high
+
+
+def test_text_only_has_no_image_positions(colour_reader):
+    colour_reader.language_model.calls.clear()
+    mm_train.answer_logits(colour_reader, "What color is the shape?", None)
+    prompt = mm.PROMPT.format(question="What color is the shape?").replace("<image>\n", "")
+    assert colour_reader.language_model.calls == [len(colour_reader.tokenizer(prompt).input_ids)]
+    assert "<image>" not in prompt
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 101])
+def test_derangement_moves_every_item(n):
+    for seed in range(5):
+        order = mm_train.derangement(n, seed)
+        assert sorted(order) == list(range(n)) and all(j != i for i, j in enumerate(order))
+    with pytest.raises(ValueError, match="Fix"):
+        mm_train.derangement(1)
+
+
+def test_confusion_and_wrong_answers_count_the_same_mistakes(colour_reader):
+    result = mm_train.evaluate(colour_reader, samples=mm_train.make_shapes(20, seed=5), batch_size=16)
+    wrong = mm_train.wrong_answers(result)
+    assert all(task == "shape" for _, task, _, _ in wrong), "the reader never misses a colour"
+    shape_right = sum(t == p for t, p in zip(result["truth"]["shape"], result["predicted"]["real image"]["shape"]))
+    assert len(wrong) == 10 - shape_right
+    text = str(mm_train.confusion(result, "color"))
+    assert text.splitlines()[0].split()[:3] == ["true", "color", "\\"]
 
 
 def test_training_command_is_multimodal_train(capsys):
@@ -193,6 +304,13 @@ def test_training_command_is_multimodal_train(capsys):
         mm_train.main(["--help"])
     assert done.value.code == 0
     assert "usage: python -m workshop_utils.multimodal_train [-h] {train,eval}" in capsys.readouterr().out
+
+
+def test_stage_must_be_1_or_2(tiny):
+    with pytest.raises(ValueError, match="stage.*Fix"):
+        mm_train.recipe_batch(tiny.tokenizer, 3, 0)
+    with pytest.raises(ValueError, match="stage.*Fix"):
+        mm.load_weights(tiny, mm.WEIGHTS_FILE, stage=0)
 
 
 def test_saved_weights_load_back_and_nothing_half_written_is_left(tiny, tmp_path):

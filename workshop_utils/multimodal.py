@@ -1,7 +1,7 @@
 """A TinyLLaVA-style multimodal model from parts: vision encoder, connector, frozen language model.
 
 The model, the splice of image features into the prompt, and the processor (prompt and pixels) live here;
-the generated shapes, the training and the evaluation are in multimodal_train.py
+the synthetic world, the two training stages and the causal evaluation are in multimodal_train.py
 (python -m workshop_utils.multimodal_train {train,eval}).
 """
 
@@ -19,8 +19,12 @@ from .chat import IGNORE_INDEX
 from .generation import check_max_new_tokens
 
 IMAGE_TOKEN = "<image>"
-# One user turn in SmolLM2's chat format, without the default system prompt the template would add.
+# One user turn in SmolLM2's chat format, without the default system prompt the template would add: the
+# format the shipped connector was trained and is evaluated on.
 PROMPT = "<|im_start|>user\n" + IMAGE_TOKEN + "\n{question}<|im_end|>\n<|im_start|>assistant\n"
+SYSTEM = "Be brief."  # stage 2's conversations carry this short system turn (the template's default is longer)
+# What the chat template renders for that system turn and one user turn: the prompt of a stage-2 connector.
+CHAT_PROMPT = "<|im_start|>system\n" + SYSTEM + "<|im_end|>\n" + PROMPT
 TRAIN_COMMAND = "python -m workshop_utils.multimodal_train train"
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -191,12 +195,12 @@ class TinyLlava(nn.Module):
         self.image_token_id = add_image_token(language_model, tokenizer)
         self.tokenizer = tokenizer
         self.vision_tower = vision_tower if vision_tower is not None else ShapeEncoder()
-        hidden = language_model.config.hidden_size
-        self.connector = connector if connector is not None else make_connector(VISION_HIDDEN, hidden)
+        self.connector = (connector if connector is not None
+                          else make_connector(VISION_HIDDEN, language_model.config.hidden_size))
         self.language_model = language_model
 
     def freeze_for_stage1(self) -> None:
-        """Stage 1 (feature alignment): only the connector learns."""
+        """Only the connector learns (stage 1, feature alignment; our stage 2 keeps this too)."""
         for part in (self.vision_tower, self.language_model):
             part.requires_grad_(False)
             part.eval()
@@ -304,15 +308,17 @@ def build_llava(model: TinyLlava, n_patches: int = 16):
 
 # --- shipped weights ------------------------------------------------------------------------------
 
-def save_weights(model: TinyLlava, path: Path = WEIGHTS_FILE, metadata: dict | None = None) -> str:
-    """Write the vision tower and connector as safetensors, and the file's sha256 beside it; return the sha256."""
+def save_weights(model: TinyLlava, path: Path = WEIGHTS_FILE, metadata: dict | None = None,
+                 extra: dict[str, dict[str, torch.Tensor]] | None = None) -> str:
+    """Write the vision tower and connector (and extra state dicts, by prefix) as safetensors, and the file's
+    sha256 beside it; return the sha256."""
     from safetensors.torch import save_file
 
     from .models import sha256_of
 
+    parts = {part: getattr(model, part).state_dict() for part in ("vision_tower", "connector")} | (extra or {})
     tensors = {f"{part}.{name}": value.detach().contiguous()
-               for part in ("vision_tower", "connector")
-               for name, value in getattr(model, part).state_dict().items()}
+               for part, state in parts.items() for name, value in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(path.name + ".tmp")  # written in full, then renamed: never half a file
     save_file(tensors, staged, metadata={k: str(v) for k, v in (metadata or {}).items()})
@@ -323,8 +329,13 @@ def save_weights(model: TinyLlava, path: Path = WEIGHTS_FILE, metadata: dict | N
     return digest
 
 
-def load_weights(model: TinyLlava, path: Path = WEIGHTS_FILE) -> dict:
-    """Check the file's sha256 against the one recorded beside it, then load; return its metadata."""
+def load_weights(model: TinyLlava, path: Path = WEIGHTS_FILE, stage: int = 2) -> dict:
+    """Check the file's sha256 against the one recorded beside it, then load; return its metadata.
+
+    stage=2 loads the final connector, stage=1 the connector as it was after stage 1 (captions only).
+    """
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage!r}. Fix: pass stage=1 (after captions) or 2 (final).")
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -341,21 +352,22 @@ def load_weights(model: TinyLlava, path: Path = WEIGHTS_FILE) -> dict:
                             f"file has {actual}. Fix: reinstall the package, or run `{TRAIN_COMMAND}` to rebuild "
                             "both files.")
     tensors = load_file(path)
-    for part in ("vision_tower", "connector"):
-        prefix = part + "."
+    stored = {"vision_tower": "vision_tower", "connector": "connector" if stage == 2 else "connector_stage1"}
+    for part, name in stored.items():
+        prefix = name + "."
         getattr(model, part).load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     with safe_open(path, "pt") as f:
         return dict(f.metadata() or {})
 
 
-def load_tinyllava(language_model=None, tokenizer=None, path: Path = WEIGHTS_FILE) -> TinyLlava:
-    """The default LM (loaded if not given) with the shipped, trained vision tower and connector."""
+def load_tinyllava(language_model=None, tokenizer=None, path: Path = WEIGHTS_FILE, stage: int = 2) -> TinyLlava:
+    """The default LM (loaded if not given) with the shipped, trained vision tower and connector (of that stage)."""
     if language_model is None:
         from .models import load_model
 
         language_model, tokenizer = load_model(device="cpu")
     model = TinyLlava(language_model, tokenizer)
-    load_weights(model, path)
+    load_weights(model, path, stage)
     model.freeze_for_stage1()
     return model
 

@@ -11,7 +11,7 @@ from .generation import check_filter, check_kept_count, check_reproduces_samplin
 from .kv_cache import check_positions_fed, check_cache_mib, check_cached_loop
 from .chat import check_replies, check_labels, check_shifted_loss
 from .cfg import check_cfg_scores, check_padded_rows
-from .multimodal import check_spliced_labels, check_expanded_ids
+from .multimodal import check_spliced_labels, check_expanded_ids, check_derangement
 from .bpe import (check_byte_table, check_pre_tokenizer, check_encoder, check_decoder, check_bpe_words,
                   check_merges, check_trained, check_predicted_tokens)
 from .forward import check_attention, check_layer_params, check_logits, check_steps_against_generate, difference
@@ -43,6 +43,7 @@ __all__ = [
     "check_padded_rows",
     "check_spliced_labels",
     "check_expanded_ids",
+    "check_derangement",
     "check_byte_table",
     "check_pre_tokenizer",
     "check_encoder",

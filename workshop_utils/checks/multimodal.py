@@ -43,3 +43,18 @@ def check_expanded_ids(name: str, answer, expected, image_token_id: int) -> None
     if len(a) != len(e):
         raise CheckFailed(f"{name}: you have {len(a)} ids, expected {len(e)}.")
     print(f"✔ {name}")
+
+
+def check_derangement(name: str, order, n: int) -> None:
+    """A shuffle for the baseline: a permutation of range(n) where no question keeps its own image."""
+    __tracebackhide__ = True  # noqa: F841
+    a = flat_ints(order)
+    if sorted(a) != list(range(n)):
+        missing = sorted(set(range(n)) - set(a))
+        raise CheckFailed(f"{name}: not a permutation of 0..{n - 1}: image(s) {missing[:5]} never shown, so some "
+                          "other image is shown twice. Move images, do not draw them with replacement.")
+    for i, j in enumerate(a):
+        if i == j:
+            raise CheckFailed(f"{name}: question {i} is shown its own image {j}: that row measures the real "
+                              "image, not the shuffled baseline. No question may keep its own image.")
+    print(f"✔ {name}")
