@@ -245,7 +245,7 @@ def test_check_cfg_scores_names_the_usual_mistakes():
              (0.7 * cfg + 0.3 * cond, 0.3, "wrong way round"),
              (0.3 * cfg + 0.7 * uncond, 0.3, "unconditional scores"),
              (cfg, 0.3, "forgot the blend"),
-             (bumped, None, "index 7")]
+             (bumped, None, r"index \(0, 7\)")]
     for answer, blend, message in wrong:
         with pytest.raises(CheckFailed, match=message):
             check_cfg_scores("wrong", answer, cond_logits, uncond_logits, 3.0, blend=blend)
@@ -374,9 +374,13 @@ def test_negative_prompt_check_fails_without_the_negative_prompt(model, tokenize
     check_negative_prompt("dogs", model, animal, dog, dog_words, 1.5)
     with pytest.raises(CheckFailed, match="no more than guidance alone"):
         check_negative_prompt("no negative prompt", model, animal, animal[:, -1:], dog_words, 1.5)
-    with pytest.raises(CheckFailed, match="no more than guidance alone"):  # a negative prompt about something else
-        check_negative_prompt("cats", model, animal, tokenizer("I love cats. My favourite animal is the",
-                                                               return_tensors="pt").input_ids, dog_words, 1.5)
+
+    def p_dogs(g, uncond_ids):  # the old check compared g = 3 with plain decoding: it passed with no negative prompt
+        with torch.no_grad():
+            scores = guide(model(animal).logits[:, -1], model(uncond_ids).logits[:, -1], g)
+        return torch.softmax(scores, -1)[0, dog_words].sum().item()
+
+    assert p_dogs(3.0, animal[:, -1:]) < p_dogs(1.0, animal[:, -1:])
 
 
 # --- does guidance help? an instruction as the condition ----------------------------------------------

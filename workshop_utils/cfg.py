@@ -4,6 +4,11 @@ The recipe is transformers' UnbatchedClassifierFreeGuidanceLogitsProcessor (what
 generate(guidance_scale=...) runs): log-softmax the scores of the prompt (conditional) and of an
 unconditional context, which is the prompt's last token unless a negative prompt is given, then
 take uncond + g * (cond - uncond). guidance_scale == 1 turns it off, as in generate.
+
+Then the setting of the CFG paper: a system instruction as the condition, the same chat without it as the
+unconditional branch, and how often the replies follow the instruction at several g.
+
+python -m workshop_utils.cfg adherence   the instruction-following rate at g = 1, 1.5, 3 (and 3 blended)
 """
 
 from __future__ import annotations

@@ -10,10 +10,13 @@ from .core import CheckFailed, first_difference
 
 
 def _less_a_row_constant(scores: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """scores shifted by one constant per row so that their mean matches the reference's (finite entries only)."""
+    """scores less one constant per row: the median of their difference from the reference (finite entries only).
+
+    The median, so that a single wrong entry is reported where it is rather than spread over the row.
+    """
     both = torch.isfinite(scores) & torch.isfinite(reference)
-    difference = torch.where(both, scores - reference, torch.zeros_like(scores))
-    shift = difference.sum(-1, keepdim=True) / both.sum(-1, keepdim=True).clamp(min=1)
+    difference = torch.where(both, scores - reference, torch.full_like(scores, float("nan")))
+    shift = torch.nan_to_num(difference.nanmedian(dim=-1, keepdim=True).values)
     return scores - shift
 
 
