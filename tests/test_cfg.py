@@ -345,14 +345,18 @@ def test_processor_with_a_padded_batch_of_negative_prompts_equals_each_row_alone
                 torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]))
 
     (ids, mask), (neg, neg_mask) = left_pad(prompts), left_pad(negatives)
+    settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, output_scores=True,
+                    return_dict_in_generate=True)
     with torch.no_grad():
-        together = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
+        together = model.generate(ids, attention_mask=mask, **settings,
                                   logits_processor=[CFGLogitsProcessor(model, 2.0, neg,
                                                                        negative_attention_mask=neg_mask)])
         for r, (p, n) in enumerate(zip(prompts, negatives)):
-            alone = model.generate(torch.tensor([p]), max_new_tokens=5, do_sample=False, pad_token_id=0,
-                                   guidance_scale=2.0, negative_prompt_ids=torch.tensor([n]))
-            assert together[r, -5:].tolist() == alone[0, -5:].tolist(), r
+            alone = model.generate(torch.tensor([p]), guidance_scale=2.0, negative_prompt_ids=torch.tensor([n]),
+                                   **settings)
+            assert together.sequences[r, -5:].tolist() == alone.sequences[0, -5:].tolist(), r
+            for step, (ours, theirs) in enumerate(zip(together.scores, alone.scores)):
+                assert torch.allclose(ours[r], theirs[0], atol=1e-4), (r, step)
 
 
 def test_processor_refuses_a_mask_of_another_shape(model):
