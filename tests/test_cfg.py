@@ -5,7 +5,7 @@ from unittest import mock
 import pytest
 import torch
 
-from workshop_utils.cfg import CFGLogitsProcessor, cfg_generate, cfg_step_scores
+from workshop_utils.cfg import CFGLogitsProcessor, cfg_generate, cfg_step_scores, guide
 from workshop_utils.timing import cache_bytes, measure_cfg_paths, peak_tensor_bytes
 
 PROMPTS = ["The best way to learn to cook is", "My favourite animal is", "Once upon a time, in a small village,",
@@ -238,16 +238,57 @@ def test_check_cfg_scores_names_the_usual_mistakes():
     cfg = uncond + 3.0 * (cond - uncond)
     check_cfg_scores("right", cfg, cond_logits, uncond_logits, 3.0)
     check_cfg_scores("right blend", 0.3 * cfg + 0.7 * cond, cond_logits, uncond_logits, 3.0, blend=0.3)
-    wrong = [(uncond_logits + 3.0 * (cond_logits - uncond_logits), None, "log-softmax each branch"),
-             (cond + 3.0 * (uncond - cond), None, "swapped"),
+    bumped = cfg.clone()
+    bumped[0, 7] += 1  # one score off: no constant per row explains it
+    wrong = [(cond + 3.0 * (uncond - cond), None, "swapped"),
              (3.0 * cond, None, "not g \\* cond"),
              (0.7 * cfg + 0.3 * cond, 0.3, "wrong way round"),
              (0.3 * cfg + 0.7 * uncond, 0.3, "unconditional scores"),
              (cfg, 0.3, "forgot the blend"),
-             (cfg + 1, None, "at index")]
+             (bumped, None, r"index \(0, 7\)")]
     for answer, blend, message in wrong:
         with pytest.raises(CheckFailed, match=message):
             check_cfg_scores("wrong", answer, cond_logits, uncond_logits, 3.0, blend=blend)
+
+
+def _seed_003_cfg(cond_logits, uncond_logits, g, blend=0.7):
+    """CFG as seed 003 writes it: log-softmax both branches, guide, log-softmax again, blend 0.7/0.3 with cond."""
+    cond, uncond = torch.log_softmax(cond_logits, -1), torch.log_softmax(uncond_logits, -1)
+    guided = torch.log_softmax(uncond + g * (cond - uncond), -1)
+    return blend * guided + (1 - blend) * cond
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_check_cfg_scores_accepts_the_seed_003_form(tiny_model, arch):
+    """A second log-softmax only adds one constant per row: the same distribution, so the check accepts it."""
+    from workshop_utils.checks import CheckFailed, check_cfg_scores
+
+    tiny = tiny_model(arch)
+    prompts = [torch.tensor([[5, 9, 3, 17]]), torch.tensor([[40, 2, 2, 8, 30, 11]])]
+    for ids in prompts:
+        with torch.no_grad():
+            cond_logits, uncond_logits = tiny(ids).logits[:, -1], tiny(ids[:, -1:]).logits[:, -1]
+        for g in (1.5, 3.0):
+            seed = _seed_003_cfg(cond_logits, uncond_logits, g)
+            kit = guide(cond_logits, uncond_logits, g, blend=0.7)
+            assert not torch.allclose(seed, kit, atol=1e-3)  # the raw values differ ...
+            assert torch.allclose(torch.softmax(seed, -1), torch.softmax(kit, -1), atol=1e-6)  # ... not the probabilities
+            check_cfg_scores("seed 003", seed, cond_logits, uncond_logits, g, blend=0.7)
+            check_cfg_scores("seed 003 without the blend", _seed_003_cfg(cond_logits, uncond_logits, g, blend=1.0),
+                             cond_logits, uncond_logits, g)
+            with pytest.raises(CheckFailed, match="wrong way round"):  # still strict on what changes the distribution
+                check_cfg_scores("seed 003, blend reversed", _seed_003_cfg(cond_logits, uncond_logits, g, blend=0.3),
+                                 cond_logits, uncond_logits, g, blend=0.7)
+
+
+def test_check_cfg_scores_accepts_the_seed_003_form_on_the_default_model(model, ids):
+    from workshop_utils.checks import check_cfg_scores
+
+    for prompt in ids["prompts"][:3]:
+        with torch.no_grad():
+            cond_logits, uncond_logits = model(prompt).logits[:, -1], model(prompt[:, -1:]).logits[:, -1]
+        check_cfg_scores("seed 003", _seed_003_cfg(cond_logits, uncond_logits, 3.0), cond_logits, uncond_logits, 3.0,
+                         blend=0.7)
 
 
 def test_check_padded_rows_names_the_usual_mistakes():
@@ -263,3 +304,119 @@ def test_check_padded_rows_names_the_usual_mistakes():
         check_padded_rows("positions", right[0], right[1], t([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]), rows, 2)
     with pytest.raises(CheckFailed, match="shape"):
         check_padded_rows("shape", right[0][:1], right[1], right[2], rows, 2)
+
+
+# --- where generate puts the user's processors ---------------------------------------------------------
+
+def test_user_processor_runs_after_the_built_in_processors_and_before_the_sampling_warpers(tiny_model):
+    """_get_logits_processor (transformers 5.23): built-in processors, then the user's, then the warpers."""
+    from transformers import LogitsProcessor
+
+    class Recorder(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            self.scores = scores.clone()
+            return scores
+
+    model, prompt = tiny_model("llama"), torch.tensor([[3, 14, 15, 9, 2]])
+    recorder = Recorder()
+    torch.manual_seed(0)
+    model.generate(prompt, max_new_tokens=1, do_sample=True, temperature=0.5, top_k=3, suppress_tokens=[7],
+                   logits_processor=[recorder], pad_token_id=0)
+    with torch.no_grad():
+        logits = model(prompt).logits[:, -1]
+    received = recorder.scores
+    assert torch.isinf(received).nonzero()[:, 1].tolist() == [7]  # suppress_tokens ran before; top-k (3) not yet
+    assert torch.allclose(received[:, :7], logits[:, :7], atol=1e-5)  # not divided by the temperature yet
+    assert torch.allclose(received[:, 8:], logits[:, 8:], atol=1e-5)
+
+
+# --- CFG with a padded batch of unconditional branches ---------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_processor_with_a_padded_batch_of_negative_prompts_equals_each_row_alone(tiny_model, arch):
+    """Left padding on both branches: each row's positions count from its first real token, as alone."""
+    model = tiny_model(arch)
+    prompts = [[5, 9, 3, 17, 8], [40, 2]]
+    negatives = [[11, 12], [30, 31, 32, 33, 34, 35]]
+
+    def left_pad(rows, pad=0):
+        width = max(map(len, rows))
+        return (torch.tensor([[pad] * (width - len(r)) + r for r in rows]),
+                torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]))
+
+    (ids, mask), (neg, neg_mask) = left_pad(prompts), left_pad(negatives)
+    settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, output_scores=True,
+                    return_dict_in_generate=True)
+    with torch.no_grad():
+        together = model.generate(ids, attention_mask=mask, **settings,
+                                  logits_processor=[CFGLogitsProcessor(model, 2.0, neg,
+                                                                       negative_attention_mask=neg_mask)])
+        for r, (p, n) in enumerate(zip(prompts, negatives)):
+            alone = model.generate(torch.tensor([p]), guidance_scale=2.0, negative_prompt_ids=torch.tensor([n]),
+                                   **settings)
+            assert together.sequences[r, -5:].tolist() == alone.sequences[0, -5:].tolist(), r
+            for step, (ours, theirs) in enumerate(zip(together.scores, alone.scores)):
+                assert torch.allclose(ours[r], theirs[0], atol=1e-4), (r, step)
+
+
+def test_processor_refuses_a_mask_of_another_shape(model):
+    with pytest.raises(ValueError, match="shape of negative_prompt_ids"):
+        CFGLogitsProcessor(model, 2.0, torch.ones(2, 3, dtype=torch.long),
+                           negative_attention_mask=torch.ones(2, 4, dtype=torch.long))
+
+
+# --- the negative prompt, credited only with what it does itself ------------------------------------------
+
+def test_negative_prompt_check_fails_without_the_negative_prompt(model, tokenizer):
+    """Notebook 06's check: with the dog negative prompt it passes; with the last token as 'negative prompt' it fails."""
+    from workshop_utils.checks import CheckFailed, check_negative_prompt
+
+    animal = tokenizer("My favourite animal is the", return_tensors="pt").input_ids
+    dog = tokenizer("I love dogs. My favourite animal is the", return_tensors="pt").input_ids
+    dog_words = sorted({tokenizer(w, add_special_tokens=False).input_ids[0]
+                        for w in (" dog", " dogs", " puppy", " Dog", " puppies")})
+    check_negative_prompt("dogs", model, animal, dog, dog_words, 1.5)
+    with pytest.raises(CheckFailed, match="no more than guidance alone"):
+        check_negative_prompt("no negative prompt", model, animal, animal[:, -1:], dog_words, 1.5)
+
+    def p_dogs(g, uncond_ids):  # the old check compared g = 3 with plain decoding: it passed with no negative prompt
+        with torch.no_grad():
+            scores = guide(model(animal).logits[:, -1], model(uncond_ids).logits[:, -1], g)
+        return torch.softmax(scores, -1)[0, dog_words].sum().item()
+
+    assert p_dogs(3.0, animal[:, -1:]) < p_dogs(1.0, animal[:, -1:])
+
+
+# --- does guidance help? an instruction as the condition ----------------------------------------------
+
+def test_the_rules_read_replies_as_they_say():
+    from workshop_utils.cfg import all_capitals, broken, one_word
+
+    assert [one_word(r) for r in ("Paris.", "  Mars", "gold-coloured", "Paris is", "", "The answer is Paris")] == \
+        [True, True, True, False, False, False]
+    assert [all_capitals(r) for r in ("PARIS.", "THE SKY IS BLUE", "Paris", "", "42")] == [True, True, False, False, False]
+    assert [broken(r) for r in ("", '..."', "Mars", "42")] == [True, True, False, True]
+
+
+def test_the_branches_differ_only_by_the_instruction(tokenizer):
+    from workshop_utils.cfg import instruction_inputs
+
+    cond, uncond = instruction_inputs(tokenizer, ["What is 2 + 3?", "Name a colour."], "Answer in one word.")
+    for c, u, cm, um in zip(cond.input_ids, uncond.input_ids, cond.attention_mask, uncond.attention_mask):
+        c_text, u_text = tokenizer.decode(c[cm.bool()]), tokenizer.decode(u[um.bool()])
+        assert "Answer in one word." in c_text and "Answer in one word." not in u_text
+        assert c_text.endswith(u_text[u_text.index("<|im_start|>user"):])
+    with pytest.raises(ValueError, match="instruction is empty"):
+        instruction_inputs(tokenizer, ["What is 2 + 3?"], " ")
+
+
+@pytest.mark.slow
+def test_instruction_replies_at_g_1_are_plain_greedy_with_the_instruction(model, tokenizer):
+    from workshop_utils.cfg import instruction_replies
+    from workshop_utils.chat import chat_turn
+
+    question, instruction = "What do bees make?", "Answer with one word only."
+    alone = chat_turn(model, tokenizer, [{"role": "system", "content": instruction},
+                                         {"role": "user", "content": question}], max_new_tokens=6)
+    assert instruction_replies(model, tokenizer, [question, "Which animal barks?"], instruction, 1.0,
+                               max_new_tokens=6)[0] == alone

@@ -4,11 +4,17 @@ The recipe is transformers' UnbatchedClassifierFreeGuidanceLogitsProcessor (what
 generate(guidance_scale=...) runs): log-softmax the scores of the prompt (conditional) and of an
 unconditional context, which is the prompt's last token unless a negative prompt is given, then
 take uncond + g * (cond - uncond). guidance_scale == 1 turns it off, as in generate.
+
+Then the setting of the CFG paper: a system instruction as the condition, the same chat without it as the
+unconditional branch, and how often the replies follow the instruction at several g.
+
+python -m workshop_utils.cfg adherence   the instruction-following rate at g = 1, 1.5, 3 (and 3 blended)
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import torch
@@ -193,31 +199,182 @@ def cfg_step_scores(model, input_ids, continuation_ids, *, guidance_scale: float
 # --- the same as a LogitsProcessor ----------------------------------------------------------------
 
 class CFGLogitsProcessor(LogitsProcessor):
-    """CFG for generate(logits_processor=[...]): runs its own unconditional branch with its own cache."""
+    """CFG for generate(logits_processor=[...]): runs its own unconditional branch with its own cache.
 
-    def __init__(self, model, guidance_scale: float, negative_prompt_ids=None, blend: float | None = None):
+    negative_prompt_ids is one row for every prompt of the batch, or one row per prompt, left-padded, with
+    negative_attention_mask 0 on the padding: then each row's positions count from its first real token, as
+    generate does for the prompts (transformers' own processor leaves the positions of a padded row shifted).
+    """
+
+    def __init__(self, model, guidance_scale: float, negative_prompt_ids=None, blend: float | None = None, *,
+                 negative_attention_mask=None):
         check_guidance(guidance_scale, negative_prompt_ids, blend)
         self.model, self.guidance_scale, self.blend = model, guidance_scale, blend
         self.negative_prompt_ids = None if negative_prompt_ids is None else token_id_rows(
-            negative_prompt_ids, "negative_prompt_ids", vocab_size=model.config.vocab_size, one_row=True)
+            negative_prompt_ids, "negative_prompt_ids", vocab_size=model.config.vocab_size)
+        if negative_attention_mask is not None:
+            mask = torch.as_tensor(negative_attention_mask)
+            if self.negative_prompt_ids is None or tuple(mask.shape) != tuple(self.negative_prompt_ids.shape):
+                raise ValueError("negative_attention_mask must have the shape of negative_prompt_ids. Fix: pass the "
+                                 "attention_mask the tokenizer returned with those ids (or none, for no padding).")
+            negative_attention_mask = mask.long()
+        self.negative_attention_mask = negative_attention_mask
         self.cache: DynamicCache | None = None
         self.seen = 0  # length of input_ids at the last call, to refuse reuse in a second generate
 
     def _uncond_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        batch = input_ids.shape[0]
         if self.cache is None:  # first call: prefill the unconditional context
             uncond_ids = input_ids[:, -1:] if self.negative_prompt_ids is None else self.negative_prompt_ids
-            uncond_ids = uncond_ids.to(input_ids.device).expand(input_ids.shape[0], -1)
-            self.cache, self.length = DynamicCache(config=self.model.config), uncond_ids.shape[1]
+            if uncond_ids.shape[0] not in (1, batch):
+                raise ValueError(f"negative_prompt_ids has {uncond_ids.shape[0]} rows for a batch of {batch}. Fix: "
+                                 "pass one row for all prompts, or one row per prompt.")
+            uncond_ids = uncond_ids.to(input_ids.device).expand(batch, -1)
+            mask = (torch.ones_like(uncond_ids) if self.negative_attention_mask is None
+                    else self.negative_attention_mask.to(input_ids.device).expand(batch, -1))
+            self.cache = DynamicCache(config=self.model.config)
         elif input_ids.shape[1] != self.seen + 1:
             raise ValueError("This CFGLogitsProcessor was already used by another generate call. Fix: make a new one "
                              "for each call (it holds the unconditional branch's cache).")
         else:
-            uncond_ids, self.length = input_ids[:, -1:], self.length + 1
-        self.seen = input_ids.shape[1]
-        mask = torch.ones(uncond_ids.shape[0], self.length, dtype=torch.long, device=input_ids.device)
-        return self.model(uncond_ids, attention_mask=mask, past_key_values=self.cache, use_cache=True).logits[:, -1]
+            uncond_ids = input_ids[:, -1:]
+            mask = torch.cat([self.mask, torch.ones_like(uncond_ids)], dim=1)
+        self.seen, self.mask = input_ids.shape[1], mask
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -uncond_ids.shape[1]:]
+        return self.model(uncond_ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
+                          use_cache=True).logits[:, -1]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.guidance_scale == 1:  # as transformers' processor: nothing to guide
             return torch.log_softmax(scores, dim=-1)
         return guide(scores, self._uncond_logits(input_ids), self.guidance_scale, self.blend)
+
+
+# --- does guidance help? an instruction as the condition ------------------------------------------
+# The setting of the CFG paper (Sanchez et al. 2023, "Stay on topic with classifier-free guidance"): the
+# conditional branch is the conversation with a system instruction, the unconditional branch the same
+# conversation without it, so guidance pushes towards what the instruction changes.
+
+QUESTIONS = (
+    "What is the capital of France?", "Name a fruit that is yellow.", "What colour is the sky?", "What do bees make?",
+    "Which animal barks?", "What is frozen water called?", "What do you use to write on paper?",
+    "Which planet do we live on?", "What is the opposite of hot?", "What do cows drink?",
+    "Which season comes after winter?", "What is the largest ocean?", "What do you call a baby cat?",
+    "Which metal is gold-coloured and precious?", "What gas do plants take in?", "What is the first day of the week?",
+    "Which instrument has black and white keys?", "What do you wear on your feet?", "What shape has three sides?",
+    "What is the colour of grass?", "Which bird is a symbol of peace?", "What do fish live in?",
+    "What is the main language of Spain?", "What do you sleep on?",
+)
+
+
+def one_word(reply: str) -> bool:
+    """The rule "answer with one word": exactly one word (letters, digits, ' or -), punctuation aside."""
+    return len(re.findall(r"[\w'-]+", reply)) == 1
+
+
+def all_capitals(reply: str) -> bool:
+    """The rule "answer in capital letters": some letters, none of them lower case."""
+    return any(c.isalpha() for c in reply) and not any(c.islower() for c in reply)
+
+
+def broken(reply: str) -> bool:
+    """A reply with no letter at all: empty (the model ended its turn at once) or only punctuation."""
+    return not any(c.isalpha() for c in reply)
+
+
+RULES = {"one-word": ("Answer with one word only.", one_word), "capitals": ("Answer in capital letters only.",
+                                                                              all_capitals)}
+
+
+def instruction_inputs(tokenizer, questions, instruction: str):
+    """Both branches for each question, templated and left-padded: with the system instruction, and without it.
+
+    Without a system message SmolLM2's template writes its default one: the unconditional branch is the plain
+    chat the model was tuned on, and the only difference between the branches is the instruction.
+    """
+    if not questions:
+        raise ValueError("No questions given. Fix: pass at least one question, for example QUESTIONS[:8].")
+    if not instruction.strip():
+        raise ValueError("The instruction is empty, so both branches would be the same. Fix: pass the system "
+                         "instruction to follow, for example RULES['one-word'][0].")
+    render = lambda convs: tokenizer.apply_chat_template(  # noqa: E731
+        convs, add_generation_prompt=True, padding=True, return_tensors="pt",
+        tokenizer_kwargs={"padding_side": "left"})
+    cond = render([[{"role": "system", "content": instruction}, {"role": "user", "content": q}] for q in questions])
+    uncond = render([[{"role": "user", "content": q}] for q in questions])
+    return cond, uncond
+
+
+@torch.inference_mode()
+def instruction_replies(model, tokenizer, questions, instruction: str, guidance_scale: float, *,
+                        blend: float | None = None, max_new_tokens: int = 8) -> list[str]:
+    """Greedy replies with the instruction as the condition, guided by g against the same chat without it."""
+    from .chat import extract_response
+
+    check_guidance(guidance_scale, None, blend)
+    check_max_new_tokens(max_new_tokens)
+    cond, uncond = (x.to(model.device) for x in instruction_inputs(tokenizer, questions, instruction))
+    processor = CFGLogitsProcessor(model, guidance_scale, uncond.input_ids, blend,
+                                   negative_attention_mask=uncond.attention_mask)
+    output = model.generate(**cond, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=[processor],
+                            pad_token_id=tokenizer.pad_token_id)
+    return [extract_response(tokenizer, p, o) for p, o in zip(cond.input_ids, output)]
+
+
+SETTINGS = ((1.0, None), (1.5, None), (3.0, None), (3.0, 0.7))  # (g, blend); blend 0.7 is seed 003's variant
+
+
+def adherence(model, tokenizer, questions, rule: str = "one-word", settings=SETTINGS, *, max_new_tokens: int = 8,
+              batch_size: int = 8, progress=None) -> list[dict]:
+    """For each (g, blend): the replies, how many follow the rule and how many are broken (no letter at all)."""
+    if rule not in RULES:
+        raise ValueError(f"Unknown rule {rule!r}. Fix: use one of {', '.join(map(repr, RULES))}.")
+    instruction, follows = RULES[rule]
+    batches = [questions[i:i + batch_size] for i in range(0, len(questions), batch_size)]
+    jobs = [(g, blend, batch) for g, blend in settings for batch in batches]
+    replies: dict = {}
+    for g, blend, batch in (progress(jobs, desc="batches", total=len(jobs)) if progress else jobs):
+        replies.setdefault((g, blend), []).extend(
+            instruction_replies(model, tokenizer, batch, instruction, g, blend=blend, max_new_tokens=max_new_tokens))
+    return [{"guidance_scale": g, "blend": blend, "replies": r, "follow": sum(map(follows, r)),
+             "broken": sum(map(broken, r)), "n": len(r)} for (g, blend), r in replies.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m workshop_utils.cfg adherence."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m workshop_utils.cfg",
+                                     description="Does guidance make the model follow a system instruction?")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("adherence", help="the instruction-following rate at g = 1, 1.5, 3 (and 3 blended)")
+    run.add_argument("--rule", choices=sorted(RULES), default="one-word")
+    run.add_argument("-n", type=int, default=len(QUESTIONS), help=f"questions, at most {len(QUESTIONS)}")
+    run.add_argument("--max-new-tokens", type=int, default=8)
+    run.add_argument("--verbose", action="store_true", help="print every reply")
+    args = parser.parse_args(argv)
+    if not 1 <= args.n <= len(QUESTIONS):
+        parser.error(f"-n {args.n}: there are {len(QUESTIONS)} questions. Fix: pass 1 to {len(QUESTIONS)}.")
+    from .display import progress
+    from .models import load_model
+    from .notebook import setup_notebook
+
+    setup_notebook(seed=0)
+    model, tokenizer = load_model(device="cpu")
+    rows = adherence(model, tokenizer, QUESTIONS[:args.n], args.rule, max_new_tokens=args.max_new_tokens,
+                     progress=progress)
+    print(f"rule {args.rule!r}: system prompt {RULES[args.rule][0]!r}, {args.n} questions, greedy, "
+          f"at most {args.max_new_tokens} new tokens")
+    for row in rows:
+        blend = "" if row["blend"] is None else f", blend {row['blend']}"
+        print(f"g = {row['guidance_scale']}{blend}: follows the rule {row['follow']} of {row['n']} "
+              f"({row['follow'] / row['n']:.0%}), broken {row['broken']} of {row['n']}")
+        for question, reply in zip(QUESTIONS, row["replies"]) if args.verbose else ():
+            print(f"    {question} -> {reply!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

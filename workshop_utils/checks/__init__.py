@@ -10,7 +10,7 @@ from .logits import check_first_correct_position, check_decode_timing
 from .generation import check_filter, check_kept_count, check_reproduces_sampling
 from .kv_cache import check_positions_fed, check_cache_mib, check_cached_loop
 from .chat import check_replies, check_labels, check_shifted_loss
-from .cfg import check_cfg_scores, check_padded_rows
+from .cfg import check_cfg_scores, check_negative_prompt, check_padded_rows
 from .multimodal import check_spliced_labels, check_expanded_ids, check_derangement
 from .bpe import (check_byte_table, check_pre_tokenizer, check_encoder, check_decoder, check_bpe_words,
                   check_merges, check_trained, check_predicted_tokens)
@@ -40,6 +40,7 @@ __all__ = [
     "check_labels",
     "check_shifted_loss",
     "check_cfg_scores",
+    "check_negative_prompt",
     "check_padded_rows",
     "check_spliced_labels",
     "check_expanded_ids",
