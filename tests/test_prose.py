@@ -218,6 +218,9 @@ def faults_in(path: Path) -> list[Fault]:
                 figure = parse_figure(m)
                 if any(figure.matches(p, u) for p, u in printed):
                     continue
+                if figure.unit == "%" and any(Figure("", figure.value / 100, figure.quantum / 100).matches(p)
+                                              for p, u in printed if u is None):
+                    continue  # prose 77% for a printed probability 0.773
                 if any(f.value == figure.value and re.search(f.words, sentence, re.I) for f in FACTS):
                     continue
                 if risky:
@@ -284,6 +287,8 @@ def _notebook(markdown: str, printed: str, code: str = "print(x)") -> dict:
     ("Exactly 40 tokens.", "nothing", False),
     ("The output layer is up to 21% of the time.", "output layer: 28.3% of the time; 21 tokens", False),
     ("Decode reads 7.0 GB/s.", "7.0 GB/s", True),
+    ("Paris holds 77% of the probability.", "(' Paris', 0.773)", True),
+    ("Paris holds 78% of the probability.", "(' Paris', 0.773)", False),
     ("Up to transformers 4.44 it was on (Belrose et al., 2023; #31990).", "nothing", True),
 ])
 def test_the_checker_on_made_up_notebooks(tmp_path, markdown, printed, ok):
