@@ -86,7 +86,7 @@ WORD_RATIOS = {"twice as": 2.0, "more than twice": 2.0, "about twice": 2.0, "abo
 # A figure: digits with optional thousands commas, decimals, exponent; not glued to a name (float32, top-5, x86).
 NUMBER = re.compile(r"(?<![\w.\-/])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?:[eE]([-+]?\d+))?"
                     r"(\s*(?:million|thousand|billion)\b)?(?![\w\-/])(?!\.\d)"
-                    r"(?P<unit>\s*(?:%|x\b|×|GB/s|MB/s|[KMG]iB\b|[kKMG]B\b|ms\b|µs\b|tokens/s\b))?")
+                    r"(?P<unit>\s*(?:%|(?:x\b|×)(?!\s*\d)|GB/s|MB/s|[KMG]iB\b|[kKMG]B\b|ms\b|µs\b|tokens/s\b))?")
 # A figure with a unit must match a printed number with the same unit: prose 21% needs a printed 21.x%.
 UNITS = {"%": "%", "x": "x", "×": "x", "gb/s": "GB/s", "mb/s": "MB/s", "kib": "KiB", "mib": "MiB", "gib": "GiB",
          "kb": "kB", "mb": "MB", "gb": "GB", "ms": "ms", "µs": "µs", "tokens/s": "tokens/s"}
@@ -106,8 +106,8 @@ class Figure:
     unit: str | None = None
 
     def matches(self, printed: float, unit: str | None = None) -> bool:
-        if self.unit is not None and unit is not None and unit != self.unit:
-            return False
+        if self.unit is not None and unit != self.unit and (unit is not None or self.unit in ("%", "x")):
+            return False  # a percentage or a ratio needs one printed as such; a size may sit under a table header
         return abs(abs(printed) - self.value) <= self.quantum / 2 * (1 + 1e-9) + 1e-12
 
 
@@ -143,7 +143,7 @@ def _text_of_output(output: dict) -> str:
 
 
 PRINTED = re.compile(r"(?P<n>[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+)"
-                     r"(?P<unit>\s?(?:%|x\b|×|GB/s|MB/s|[KMG]iB\b|[kKMG]B\b|ms\b|µs\b|tokens/s\b))?")
+                     r"(?P<unit>\s?(?:%|(?:x\b|×)(?!\s*\d)|GB/s|MB/s|[KMG]iB\b|[kKMG]B\b|ms\b|µs\b|tokens/s\b))?")
 
 
 def printed_numbers(texts: list[str]) -> list[tuple[float, str | None]]:
@@ -290,6 +290,7 @@ def _notebook(markdown: str, printed: str, code: str = "print(x)") -> dict:
     ("Exactly 40 tokens.", "nothing", False),
     ("The output layer is up to 21% of the time.", "output layer: 28.3% of the time; 21 tokens", False),
     ("Decode reads 7.0 GB/s.", "7.0 GB/s", True),
+    ("Images of 3 × 64 × 64.", "torch.Size([8, 3, 64, 64])", True),
     ("Paris holds 77% of the probability.", "(' Paris', 0.773)", True),
     ("Paris holds 78% of the probability.", "(' Paris', 0.773)", False),
     ("Up to transformers 4.44 it was on (Belrose et al., 2023; #31990).", "nothing", True),
