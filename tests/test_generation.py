@@ -355,6 +355,61 @@ def test_compare_seeded_sampling(model, tokenizer):
     assert not other.equal, "generate's silent top_k=50 changes what is drawn"
 
 
+# --- compare_with_generate on the loop's own logits (issue 14: it must compare the very loop in question) ---
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_loops_return_the_logits_they_picked_from(tiny_model, arch):
+    model = tiny_model(arch)
+    ids = torch.tensor([[1, 5, 9, 3], [2, 7, 7, 4]])
+    out, logits = greedy_generate(model, ids, 6, eos_token_id=[], return_logits=True)
+    assert torch.equal(out, greedy_generate(model, ids, 6, eos_token_id=[]))
+    assert logits.shape == (2, 6, model.config.vocab_size)
+    assert torch.equal(logits.argmax(-1), out[:, ids.shape[1]:]), "each token is the argmax of its step's logits"
+    sampled, sample_logits = sample_generate(model, ids, 6, seed=1, eos_token_id=[], return_logits=True)
+    assert torch.equal(sampled, sample_generate(model, ids, 6, seed=1, eos_token_id=[]))
+    assert sample_logits.shape == (2, 6, model.config.vocab_size)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("prompt", [[1, 5, 9, 3], [8, 2], [4, 4, 4, 4, 4, 4, 11]])
+def test_compare_uses_the_loops_own_logits(tiny_model, arch, prompt):
+    """The cached loop's logits are generate's own numbers (difference 0); the uncached loop's are not. The old
+    compare_with_generate reported the same figure for both (one recomputed forward pass)."""
+    model = tiny_model(arch)
+    ids = torch.tensor([prompt])
+    cached, cached_logits = greedy_generate(model, ids, 12, eos_token_id=[], return_logits=True)
+    uncached, uncached_logits = greedy_generate(model, ids, 12, eos_token_id=[], use_cache=False, return_logits=True)
+    kwargs = dict(max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with_cache = compare_with_generate(model, ids, cached, ours_logits=cached_logits, **kwargs)
+    without = compare_with_generate(model, ids, uncached, ours_logits=uncached_logits, **kwargs)
+    assert with_cache.equal and with_cache.max_logit_diff == 0.0, str(with_cache)
+    assert with_cache.logits_from == "your loop" and "0 (exactly)" in str(with_cache)
+    assert with_cache.step_logit_diffs.shape == (12,)
+    assert torch.equal(without.step_logit_diffs[:1], with_cache.step_logit_diffs[:1]), "step 0 is the same prefill"
+    assert without.max_logit_diff == float(without.step_logit_diffs.max())
+
+
+def test_compare_sees_a_change_in_the_loops_logits(tiny_model):
+    model = tiny_model("llama")
+    ids = torch.tensor([[1, 5, 9, 3]])
+    out, logits = greedy_generate(model, ids, 5, eos_token_id=[], return_logits=True)
+    bent = logits.clone()
+    bent[0, 2, 7] += 0.25  # the tokens stay the same; the numbers do not
+    kwargs = dict(max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
+    result = compare_with_generate(model, ids, out, ours_logits=bent, **kwargs)
+    assert result.equal and abs(result.max_logit_diff - 0.25) < 1e-6
+    assert int(result.step_logit_diffs.argmax()) == 2
+    assert "above 1e-03" in str(result)
+
+
+def test_compare_rejects_logits_of_the_wrong_shape(tiny_model):
+    model = tiny_model("llama")
+    ids = torch.tensor([[1, 5, 9, 3]])
+    out, logits = greedy_generate(model, ids, 5, eos_token_id=[], return_logits=True)
+    with pytest.raises(ValueError, match="Fix: collect"):
+        compare_with_generate(model, ids, out, ours_logits=logits[:, :2], max_new_tokens=5, do_sample=False)
+
+
 def test_compare_rejects_output_without_the_prompt(model, tokenizer):
     ids = _ids(tokenizer, PROMPTS[0])
     with pytest.raises(ValueError, match="prompt included"):

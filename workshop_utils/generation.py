@@ -12,7 +12,7 @@ from .models import context_length
 from .tokens import token_id_rows
 
 __all__ = ["apply_temperature", "top_k_filter", "top_p_filter", "greedy_generate", "sample_generate",
-           "compare_with_generate", "Comparison", "check_max_new_tokens"]
+           "compare_with_generate", "Comparison", "check_max_new_tokens", "describe_difference"]
 
 
 # --- the sampling filters (same results as transformers' warpers, min_tokens_to_keep=1) ---
@@ -129,8 +129,13 @@ def _forward_extras(model) -> dict:
 
 @torch.inference_mode()
 def _loop(model, input_ids, mask, max_new_tokens: int, use_cache: bool, eos: list[int],
-          pick: Callable[[torch.Tensor], torch.Tensor]) -> torch.LongTensor:
-    """The autoregressive loop shared by greedy and sampling: forward, last position, pick, append, stop."""
+          pick: Callable[[torch.Tensor], torch.Tensor], return_logits: bool = False):
+    """The autoregressive loop shared by greedy and sampling: forward, last position, pick, append, stop.
+
+    With return_logits, also the logits each step picked from, [batch, steps, vocab] in float32 (what
+    generate(output_logits=True) returns), so that compare_with_generate can set this loop's own numbers
+    against generate's.
+    """
     from transformers import DynamicCache
 
     pad = _pad_id(model, eos)
@@ -141,6 +146,7 @@ def _loop(model, input_ids, mask, max_new_tokens: int, use_cache: bool, eos: lis
     extras = _forward_extras(model)
     sequence = input_ids
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    step_logits = []
     for step in range(max_new_tokens):
         # Left padding: each row counts positions from its first real token, as generate does.
         position_ids = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
@@ -151,6 +157,8 @@ def _loop(model, input_ids, mask, max_new_tokens: int, use_cache: bool, eos: lis
         if use_cache:
             cache = outputs.past_key_values
         logits = outputs.logits[:, -1].float()
+        if return_logits:
+            step_logits.append(logits)
         next_ids = pick(logits)
         if eos:
             next_ids = torch.where(unfinished, next_ids, torch.full_like(next_ids, pad))  # finished rows get padding
@@ -160,15 +168,19 @@ def _loop(model, input_ids, mask, max_new_tokens: int, use_cache: bool, eos: lis
             unfinished &= ~torch.isin(next_ids, torch.tensor(eos, device=next_ids.device))
             if not unfinished.any():
                 break
-    return sequence
+    return (sequence, torch.stack(step_logits, dim=1)) if return_logits else sequence
 
 
 def greedy_generate(model, input_ids, max_new_tokens: int, *, attention_mask=None, use_cache: bool = True,
-                    eos_token_id: int | Sequence[int] | None = None) -> torch.LongTensor:
-    """Prompt plus up to max_new_tokens argmax tokens, equal to model.generate(..., do_sample=False)."""
+                    eos_token_id: int | Sequence[int] | None = None, return_logits: bool = False):
+    """Prompt plus up to max_new_tokens argmax tokens, equal to model.generate(..., do_sample=False).
+
+    return_logits=True returns (ids, logits): the logits of every step, [batch, steps, vocab], for
+    compare_with_generate(..., ours_logits=logits).
+    """
     ids, mask = _prompt(model, input_ids, max_new_tokens, attention_mask)
     return _loop(model, ids, mask, max_new_tokens, use_cache, eos_ids(model, eos_token_id),
-                 lambda logits: logits.argmax(-1))
+                 lambda logits: logits.argmax(-1), return_logits)
 
 
 def warp(logits: torch.Tensor, temperature: float | None = 1.0, top_k: int | None = None,
@@ -182,8 +194,12 @@ def warp(logits: torch.Tensor, temperature: float | None = 1.0, top_k: int | Non
 
 def sample_generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None, seed: int | None = None, attention_mask=None,
-                    use_cache: bool = True, eos_token_id: int | Sequence[int] | None = None) -> torch.LongTensor:
-    """Seeded sampling equal to torch.manual_seed(seed) then generate(do_sample=True, ...); top_k=None is top_k=0 there."""
+                    use_cache: bool = True, eos_token_id: int | Sequence[int] | None = None,
+                    return_logits: bool = False):
+    """Seeded sampling equal to torch.manual_seed(seed) then generate(do_sample=True, ...); top_k=None is top_k=0 there.
+
+    return_logits=True returns (ids, logits), the raw logits of every step before temperature and filters.
+    """
     _check_temperature(temperature)
     _check_top_k(top_k)
     _check_top_p(top_p)
@@ -197,7 +213,7 @@ def sample_generate(model, input_ids, max_new_tokens: int, *, temperature: float
         probs = warp(logits, temperature, top_k, top_p).softmax(-1)
         return torch.multinomial(probs, num_samples=1).squeeze(1)  # one draw per row, as generate does
 
-    return _loop(model, ids, mask, max_new_tokens, use_cache, eos_ids(model, eos_token_id), pick)
+    return _loop(model, ids, mask, max_new_tokens, use_cache, eos_ids(model, eos_token_id), pick, return_logits)
 
 
 # --- comparing with generate ---
@@ -212,16 +228,23 @@ class Comparison:
     new_token_index: int | None  # the same, counted from the first new token
     ours_token: int | None  # None: our sequence had already ended there
     generate_token: int | None
-    max_logit_diff: float  # generate's logits against a forward pass over our tokens, up to the difference
+    max_logit_diff: float  # generate's logits against ours (see logits_from), up to and with the first difference
     gap_at_difference: float | None  # generate's logit of its token minus that of ours, where they differ
     ours_label: str | None = None
     generate_label: str | None = None
     generate_ids: torch.Tensor | None = field(default=None, repr=False)
+    # "your loop": the logits the loop itself picked from (ours_logits=...); "one forward pass": recomputed
+    logits_from: str = "one forward pass"
+    step_logit_diffs: torch.Tensor | None = field(default=None, repr=False)  # [steps]: largest difference per step
+
+    def _difference(self) -> str:
+        source = "your loop's logits" if self.logits_from == "your loop" else "one forward pass over your tokens"
+        return f"largest logit difference ({source} against generate's): {describe_difference(self.max_logit_diff)}"
 
     def __str__(self) -> str:
         if self.equal:
             return (f"equal to generate, token for token ({self.generate_ids.shape[0]} row(s), "
-                    f"{self.generate_ids.shape[1]} positions); largest logit difference {self.max_logit_diff:.2e}")
+                    f"{self.generate_ids.shape[1]} positions)\n{self._difference()}")
 
         def name(token, label):
             return "(ended)" if token is None else f"{token}" + (f" {label!r}" if label is not None else "")
@@ -229,7 +252,7 @@ class Comparison:
         lines = [f"differs from generate at row {self.row}, position {self.position} "
                  f"(new token {self.new_token_index}): ours {name(self.ours_token, self.ours_label)}, "
                  f"generate {name(self.generate_token, self.generate_label)}",
-                 f"largest logit difference up to there: {self.max_logit_diff:.2e}"]
+                 self._difference().replace("largest logit difference", "largest logit difference up to there")]
         if self.gap_at_difference is not None:
             lines.append(f"generate's logit gap between the two tokens there: {self.gap_at_difference:.2e}")
         return "\n".join(lines)
@@ -239,6 +262,20 @@ class Comparison:
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
         printer.text(str(self))
+
+
+FLOAT_NOISE = 1e-3  # float32 rounding of these logits is of order 1e-5; bfloat16's of order 1e-1
+
+
+def describe_difference(value: float) -> str:
+    """A logit difference, with what holds on any CPU: exactly 0, or below FLOAT_NOISE, or above it.
+
+    The digits of a rounding difference change from one CPU to another (tests/nbval_sanitize.cfg hides them);
+    the words do not, unless the difference crosses the stated bound.
+    """
+    if value == 0:
+        return "0 (exactly)"
+    return f"{value:.2e} ({'below' if value < FLOAT_NOISE else 'above'} {FLOAT_NOISE:.0e})"
 
 
 def _first_difference(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[int, int] | None:
@@ -254,8 +291,14 @@ def _first_difference(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[int, in
 
 
 @torch.inference_mode()
-def compare_with_generate(model, input_ids, ours, **generate_kwargs) -> Comparison:
+def compare_with_generate(model, input_ids, ours, ours_logits=None, **generate_kwargs) -> Comparison:
     """Run model.generate(input_ids, **generate_kwargs) and compare with our output ids, token by token.
+
+    ours_logits: the logits our loop picked each new token from, [batch, steps, vocab] (or [steps, vocab] for
+    one row), e.g. from greedy_generate(..., return_logits=True). Then the logit difference is our loop's own
+    numbers against generate's, step by step, up to and with the first differing token (the prefix is still
+    the same there). Without it, the logits come from one uncached forward pass over our tokens, which says
+    nothing about how our loop computed them.
 
     Two extra keywords are taken out before calling generate: seed (torch.manual_seed(seed) just before
     generate, for sampling) and tokenizer (to show the differing tokens as text).
@@ -272,6 +315,16 @@ def compare_with_generate(model, input_ids, ours, **generate_kwargs) -> Comparis
     if "max_new_tokens" not in generate_kwargs and "max_length" not in generate_kwargs:
         # generate's own default (generation_config.max_length) would cut it short or let it run on: give it ours.
         generate_kwargs["max_new_tokens"] = max(ours.shape[1] - ids.shape[1], 1)
+    if ours_logits is not None:
+        ours_logits = torch.as_tensor(ours_logits)
+        ours_logits = ours_logits[None] if ours_logits.dim() == 2 else ours_logits
+        new_tokens = ours.shape[1] - ids.shape[1]
+        if (ours_logits.dim() != 3 or ours_logits.shape[0] != ids.shape[0]
+                or ours_logits.shape[1] < new_tokens or ours_logits.shape[1] > new_tokens + 1):
+            raise ValueError(f"ours_logits has shape {tuple(ours_logits.shape)}; for {ids.shape[0]} row(s) and "
+                             f"{new_tokens} new tokens it must be [{ids.shape[0]}, {new_tokens}, vocab]: one row "
+                             "of logits per new token. Fix: collect out.logits[:, -1] at every step of your loop "
+                             "and pass torch.stack(step_logits, dim=1).")
     if seed is not None:
         torch.manual_seed(seed)
     out = model.generate(ids, return_dict_in_generate=True, output_logits=True, **generate_kwargs)
@@ -279,8 +332,12 @@ def compare_with_generate(model, input_ids, ours, **generate_kwargs) -> Comparis
     found = _first_difference(ours, theirs)
     prompt_len = ids.shape[1]
 
-    # Logits of one forward pass over our tokens, to set against generate's at each step up to the difference.
     last_step = step_logits.shape[1] - 1 if found is None else min(found[1] - prompt_len, step_logits.shape[1] - 1)
+    if ours_logits is not None:
+        steps = min(last_step + 1, ours_logits.shape[1])
+        return _finish(found, ours, theirs, step_logits, ours_logits.to(step_logits.device).float()[:, :steps],
+                       steps, prompt_len, tokenizer, "your loop")
+    # Logits of one forward pass over our tokens, to set against generate's at each step up to the difference.
     end = min(prompt_len + last_step, ours.shape[1])
     mask = generate_kwargs.get("attention_mask")
     mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask).to(ids.device).long()
@@ -290,12 +347,18 @@ def compare_with_generate(model, input_ids, ours, **generate_kwargs) -> Comparis
     keep = {"logits_to_keep": steps} if _forward_extras(model) else {}
     ours_logits = model(input_ids=ours[:, :end], attention_mask=mask, position_ids=position_ids,
                         **keep).logits.float()[:, -steps:]
+    return _finish(found, ours, theirs, step_logits, ours_logits, steps, prompt_len, tokenizer, "one forward pass")
+
+
+def _finish(found, ours, theirs, step_logits, ours_logits, steps, prompt_len, tokenizer, logits_from) -> Comparison:
     theirs_logits = step_logits[:, :steps]
     finite = torch.isfinite(ours_logits) & torch.isfinite(theirs_logits)
-    max_diff = float((ours_logits - theirs_logits).abs().where(finite, 0).max()) if steps > 0 else 0.0
+    per_step = (ours_logits - theirs_logits).abs().where(finite, 0).amax(dim=(0, 2)) if steps > 0 else None
+    max_diff = float(per_step.max()) if steps > 0 else 0.0
+    extra = dict(logits_from=logits_from, step_logit_diffs=per_step)
 
     if found is None:
-        return Comparison(True, None, None, None, None, None, max_diff, None, generate_ids=theirs)
+        return Comparison(True, None, None, None, None, None, max_diff, None, generate_ids=theirs, **extra)
     row, position = found
     ours_token = int(ours[row, position]) if position < ours.shape[1] else None
     their_token = int(theirs[row, position]) if position < theirs.shape[1] else None
@@ -308,4 +371,4 @@ def compare_with_generate(model, input_ids, ours, **generate_kwargs) -> Comparis
         return None if tokenizer is None or token is None else tokenizer.decode([token])
 
     return Comparison(False, row, position, step, ours_token, their_token, max_diff, gap,
-                      label(ours_token), label(their_token), theirs)
+                      label(ours_token), label(their_token), theirs, **extra)

@@ -66,3 +66,32 @@ def memory_table(config, positions: Sequence[int] = (128, 1024, 8192), *, dtype:
         rows.append((f"{n:,}", f"{gqa / 2**20:.1f}", f"{full / 2**20:.1f}", f"{(full - gqa) / 2**20:.1f}"))
     return table(["positions", f"cache MiB ({kv_heads(config)} kv-heads)",
                   f"MiB with {config.num_attention_heads} kv-heads", "MiB saved"], rows)
+
+
+def plot_logit_differences(comparisons: dict, floor: float = 1e-7) -> None:
+    """Notebook 04: each loop's largest logit difference against generate's, step by step (log scale).
+
+    comparisons maps a label to a Comparison made with ours_logits (compare_with_generate(..., ours_logits=...)).
+    A difference of exactly 0 cannot sit on a log axis: it is drawn at `floor`, on a line labelled "exactly 0".
+    A loop that parted from generate is marked with a cross at the step where it did (its curve stops there).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for label, comparison in comparisons.items():
+        diffs = comparison.step_logit_diffs
+        if diffs is None or comparison.logits_from != "your loop":
+            raise ValueError(f"{label!r} holds no per-step logits of the loop. Fix: compare with "
+                             "compare_with_generate(..., ours_logits=logits) for the loop's own logits.")
+        values = diffs.clamp_min(floor).tolist()
+        line, = ax.plot(range(len(values)), values, marker=".", label=label)
+        if not comparison.equal:
+            ax.plot([len(values) - 1], [values[-1]], marker="x", markersize=10, color=line.get_color())
+    ax.axhline(floor, color="grey", lw=0.8, ls=":")
+    ax.text(0, floor * 1.6, "exactly 0", color="grey", fontsize=8)
+    ax.set(yscale="log", xlabel="new token", ylabel="largest |logit difference|",
+           title="each loop's own logits against generate's (x: the loop parted there)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    plt.show()
