@@ -207,8 +207,8 @@ def test_answer_needs_a_list_of_images_before_the_model_runs(images):
 
 
 def test_accuracy_on_zero_images():
-    with pytest.raises(ValueError, match="at least 1.*Fix: for example n=200"):
-        mm_train.accuracy(SimpleNamespace(), n=0)
+    with pytest.raises(ValueError, match="at least 2.*Fix: for example n=200"):
+        mm_train.evaluate(SimpleNamespace(), n=0)
 
 
 def _shape(size=64):

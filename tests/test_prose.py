@@ -40,13 +40,9 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # disagree with their outputs; the test still runs on them and reports them as expected failures (xfail; a listed
 # notebook that already passes shows as XPASS). Empty this list as their fixes land, then the test holds them too.
 EXPECTED_TO_FAIL_FOR_NOW = [
-    "05_chat_and_multiturn.ipynb",
-    "06_logits_processors_and_cfg.ipynb",
-    "07_multimodal_tinyllava.ipynb",
     "10_batching_and_paged_kv.ipynb",
     "11_speculative_decoding.ipynb",
     "12_fast_decode.ipynb",
-    "13_structured_output_and_streaming.ipynb",
 ]
 
 

@@ -287,6 +287,10 @@ def evaluate(model: TinyLlava, n: int = 200, *, seed: int = HELD_OUT_SEED, batch
     is the same text, so the model's answer depends on the image alone: the shuffled condition (question i shown
     the image of question permutation[i], never its own) reuses the real answers, moved by the permutation.
     """
+    for label, value in (("n", n), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ValueError(f"{label} must be a whole number of at least 2, got {value!r}: an accuracy over fewer "
+                             "images means nothing. Fix: for example n=200, batch_size=50.")
     samples = samples if samples is not None else make_shapes(n, seed=seed)
     n = len(samples)
     blank = pixel_values([blank_image()])
