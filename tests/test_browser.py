@@ -119,9 +119,37 @@ def _run_all(page, timeout_s: int = 420, before_run: str | None = None) -> None:
     except Exception:
         _shot(page, "run_all_failed")  # what the page showed: a dialog, a stuck cell
         raise
+    _assert_no_traceback(page)
+
+
+def _assert_no_traceback(page) -> None:
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     tracebacks = [t for t in errors.all_inner_texts() if "Error" in t]
     assert not tracebacks, f"a cell failed in the browser: {tracebacks[0][:500]}"
+
+
+# Whether every code cell above the cell numbered `arg` has run, and none is running.
+DONE_ABOVE = """above => { const prompts = [...document.querySelectorAll('.jp-Notebook .jp-Cell')].slice(0, above)
+  .filter(c => c.classList.contains('jp-CodeCell')).map(c => c.querySelector('.jp-InputPrompt').innerText);
+  return prompts.length > 0 && prompts.every(x => /\\d/.test(x) && !x.includes('*')); }"""
+
+
+def _run_above(page, heading: str, timeout_s: int = 420, before_run: str | None = None) -> None:
+    """Like _run_all, but run only the cells above the markdown cell that holds `heading` (the sections before it)."""
+    try:
+        _menu(page, "Edit", "Clear Outputs of All Cells")
+        page.wait_for_function(f"() => ({PROMPTS})().done == 0", timeout=10_000)
+        cell = page.locator(".jp-Notebook .jp-MarkdownCell", has_text=heading).first
+        above = cell.evaluate("c => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].indexOf(c)")
+        cell.click()  # selects the cell (a rendered markdown cell stays rendered)
+        if before_run:
+            page.evaluate(before_run)
+        _menu(page, "Run", "Run All Above Selected Cell")
+        page.wait_for_function(DONE_ABOVE, arg=above, timeout=timeout_s * 1000)
+    except Exception:
+        _shot(page, "run_above_failed")
+        raise
+    _assert_no_traceback(page)
 
 
 # Whether the page loaded the widgets extension (from JupyterLab's own page config).
@@ -217,7 +245,7 @@ RECORD_REPLIES = """() => {
                     reason="notebook 13 not written yet")
 def test_chat_view_types_the_reply_token_by_token(browser, lab_url, model, tokenizer):
     page = _open(browser, lab_url, "13_structured_output_and_streaming.ipynb")
-    _run_all(page, before_run=RECORD_REPLIES)
+    _run_above(page, "3. Constrained decoding by hand", timeout_s=600, before_run=RECORD_REPLIES)  # sections 1 and 2
     assert_widgets_render(page)
     replies = page.evaluate("() => window.wuReplies")
     questions = page.locator(".wu-chat").evaluate_all(
