@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,20 +103,53 @@ def _menu(page, menu: str, item: str) -> None:
     page.get_by_role("menuitem", name=item, exact=True).click()
 
 
-def _run_all(page, timeout_s: int = 420) -> None:
-    """Clear the stored outputs (so nothing old is mistaken for new), run every cell, wait for the last."""
+def _run_all(page, timeout_s: int = 420, before_run: str | None = None) -> None:
+    """Clear the stored outputs (so nothing old is mistaken for new), run every cell, wait for the last.
+
+    before_run: JavaScript evaluated in the page once the outputs are cleared, just before the run starts.
+    """
     try:
         _menu(page, "Edit", "Clear Outputs of All Cells")
         page.wait_for_function(f"() => ({PROMPTS})().done == 0", timeout=10_000)
+        if before_run:
+            page.evaluate(before_run)
         _menu(page, "Run", "Run All Cells")
         page.wait_for_function(f"() => {{ const s = ({PROMPTS})(); return s.running == 0 && s.done == s.cells; }}",
                                timeout=timeout_s * 1000)
     except Exception:
         _shot(page, "run_all_failed")  # what the page showed: a dialog, a stuck cell
         raise
+    _assert_no_traceback(page)
+
+
+def _assert_no_traceback(page) -> None:
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     tracebacks = [t for t in errors.all_inner_texts() if "Error" in t]
     assert not tracebacks, f"a cell failed in the browser: {tracebacks[0][:500]}"
+
+
+# Whether every code cell above the cell numbered `arg` has run, and none is running.
+DONE_ABOVE = """above => { const prompts = [...document.querySelectorAll('.jp-Notebook .jp-Cell')].slice(0, above)
+  .filter(c => c.classList.contains('jp-CodeCell')).map(c => c.querySelector('.jp-InputPrompt').innerText);
+  return prompts.length > 0 && prompts.every(x => /\\d/.test(x) && !x.includes('*')); }"""
+
+
+def _run_above(page, heading: str, timeout_s: int = 420, before_run: str | None = None) -> None:
+    """Like _run_all, but run only the cells above the markdown cell that holds `heading` (the sections before it)."""
+    try:
+        _menu(page, "Edit", "Clear Outputs of All Cells")
+        page.wait_for_function(f"() => ({PROMPTS})().done == 0", timeout=10_000)
+        cell = page.locator(".jp-Notebook .jp-MarkdownCell", has_text=heading).first
+        above = cell.evaluate("c => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].indexOf(c)")
+        cell.click()  # selects the cell (a rendered markdown cell stays rendered)
+        if before_run:
+            page.evaluate(before_run)
+        _menu(page, "Run", "Run All Above Selected Cell")
+        page.wait_for_function(DONE_ABOVE, arg=above, timeout=timeout_s * 1000)
+    except Exception:
+        _shot(page, "run_above_failed")
+        raise
+    _assert_no_traceback(page)
 
 
 # Whether the page loaded the widgets extension (from JupyterLab's own page config).
@@ -181,6 +215,56 @@ def test_next_token_explorer_follows_the_temperature_slider(browser, lab_url):
     assert chart.inner_text() != before
     _shot(page, "03_next_token_explorer")
     page.close()
+
+
+# Every text each chat view's reply showed, in order: one list per `.wu-chat` view, in order of appearance.
+# The view redraws its whole HTML at each piece, so the reply element is new each time: read it from the nodes
+# each mutation added (they keep their text after being replaced), so that no state is lost even when several
+# redraws land before the observer runs.
+RECORD_REPLIES = """() => {
+  window.wuReplies = [];
+  const views = new Map();
+  new MutationObserver(records => { for (const record of records) {
+    for (const node of record.addedNodes) {
+      if (node.nodeType !== 1) continue;
+      for (const reply of node.matches('.wu-reply') ? [node] : node.querySelectorAll('.wu-reply')) {
+        // A reply already replaced is detached from its view; the mutation's target is still inside it.
+        const view = reply.closest('.wu-chat') || (record.target.closest && record.target.closest('.wu-chat'));
+        if (!view) continue;  // the static snapshot: not a live view
+        if (!views.has(view)) { views.set(view, window.wuReplies.length); window.wuReplies.push([]); }
+        const texts = window.wuReplies[views.get(view)];
+        const text = reply.textContent === '\u2026' ? '' : reply.textContent;  // '…' stands for no text yet
+        if (texts[texts.length - 1] !== text) texts.push(text);
+      }
+    }
+  } }).observe(document.body, {childList: true, subtree: true});
+}"""
+
+
+@pytest.mark.skipif(not (ROOT / "notebooks" / "13_structured_output_and_streaming.ipynb").exists(),
+                    reason="notebook 13 not written yet")
+def test_chat_view_types_the_reply_token_by_token(browser, lab_url, model, tokenizer):
+    page = _open(browser, lab_url, "13_structured_output_and_streaming.ipynb")
+    _run_above(page, "3. Constrained decoding by hand", timeout_s=600, before_run=RECORD_REPLIES)  # sections 1 and 2
+    assert_widgets_render(page)
+    replies = page.evaluate("() => window.wuReplies")
+    questions = page.locator(".wu-chat").evaluate_all(
+        "views => views.map(v => v.querySelector('.wu-reply').previousElementSibling.textContent)")
+    assert len(replies) == len(questions) == 2, f"expected the two chat views of section 2, saw {questions}"
+    _shot(page, "13_chat_view")
+    page.close()
+    for question, texts in zip(questions, replies):
+        # The generated text, from the model in this process: greedy, as both views in the notebook are.
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=40)
+        assert out[0, -1] == tokenizer.eos_token_id, "the reply must end before the notebook's token limit"
+        generated = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        assert texts[-1] == generated, f"{question!r}: the view ended with {texts[-1]!r}, the model wrote {generated!r}"
+        grew = [t for t in texts if t]
+        assert len(grew) >= 5, f"{question!r}: the reply was drawn in only {len(grew)} states {grew}, not typed"
+        for before, after in zip(texts, texts[1:]):
+            assert after.startswith(before) and after != before, f"{question!r}: {before!r} became {after!r}"
 
 
 def test_missing_widgets_extension_fails_with_the_fix(browser, tmp_path):

@@ -1,4 +1,5 @@
-"""workshop_utils.structured: the incremental decoder, StopOnText against stop_strings, the JSON processor, errors."""
+"""Notebook 13's package modules: stopping (StopOnText against stop_strings), streaming (the incremental decoder),
+structured (the JSON processor), and their errors."""
 
 import json
 
@@ -7,9 +8,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.generation.stopping_criteria import StopStringCriteria
 
-from workshop_utils.structured import (PEOPLE, PERSON_SCHEMA, IncrementalDecoder, JsonGrammar,
-                                       JsonSchemaLogitsProcessor, LLGuidanceLogitsProcessor, StopOnText,
-                                       generate_replies, is_valid, llguidance_available, person_prompts)
+from workshop_utils.stopping import StopOnText
+from workshop_utils.streaming import IncrementalDecoder
+from workshop_utils.structured import (PEOPLE, PERSON_SCHEMA, JsonGrammar, JsonSchemaLogitsProcessor,
+                                       LLGuidanceLogitsProcessor, generate_replies, is_valid, llguidance_available,
+                                       person_prompts)
 
 TEXTS = {
     "emoji": "Party time 🎉🎉! Wave 👋🏽, thumbs 👍 and a family 👨‍👩‍👧 at the end 🚀",

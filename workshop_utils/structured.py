@@ -1,11 +1,5 @@
-"""Output you can rely on: stop strings, streaming text, and JSON that a grammar guarantees (notebook 13).
+"""JSON that a grammar guarantees: constrained decoding by a LogitsProcessor (notebook 13, section 3).
 
-Three reference pieces, each a transformers class so that generate() runs them:
-
-- StopOnText: a StoppingCriteria equal in effect to generate(stop_strings=...). It decodes the last
-  few tokens and stops when a stop string ends inside the newest token, as StopStringCriteria does.
-- IncrementalDecoder: token ids in, text that is safe to show out. It never shows half a UTF-8
-  character (the U+FFFD of notebook 01) and, joined, equals tokenizer.decode of all the ids.
 - JsonSchemaLogitsProcessor: a LogitsProcessor that lets through only tokens that keep the output a
   prefix of a JSON object of a small schema (required string, integer, boolean and enum fields), in
   json.dumps's layout: {"name": "Ada", "age": 36}. The grammar is a list of pieces read one
@@ -14,11 +8,14 @@ Three reference pieces, each a transformers class so that generate() runs them:
   Python is slow, so the per-token data (strings, a trie, runs of plain string characters) is built
   once, and the allowed set is computed once per grammar state and cached: a later step only walks
   the chosen token and looks a mask up.
+- LLGuidanceLogitsProcessor wraps llguidance (the chosen library, extra [structured]) in the same
+  shape for comparison. llguidance.torch applies its bitmask with a torch.compile'd kernel whose first
+  call compiles (tens of seconds on a laptop); this processor unpacks the bitmask with plain torch
+  operations instead, so nothing is compiled.
+- The measurement: valid-JSON rate and tokens per second, unconstrained against constrained.
 
-LLGuidanceLogitsProcessor wraps llguidance (the chosen library, extra [structured]) in the same
-shape for comparison. llguidance.torch applies its bitmask with a torch.compile'd kernel whose first
-call compiles (tens of seconds on a laptop); this processor unpacks the bitmask with plain torch
-operations instead, so nothing is compiled.
+The notebook's other two ideas have their own modules: stopping.py (StopOnText) and streaming.py
+(IncrementalDecoder, ChatView); both names are imported here too, as the issue's public face.
 
     python -m workshop_utils.structured --prompts 20   # the full valid-JSON measurement, with a progress bar
 """
@@ -34,7 +31,10 @@ import time
 from collections.abc import Sequence
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
+from transformers import LogitsProcessor
+
+from .stopping import StopOnText  # noqa: F401  (the issue's public face: structured.StopOnText)
+from .streaming import IncrementalDecoder  # noqa: F401  (and structured.IncrementalDecoder)
 
 SUPPORTED = ('an object {"type": "object", "properties": {...}, "required": [every property]} whose properties '
              'are {"type": "string"} (optionally "maxLength": n or "format": "date"), {"type": "integer"}, '
@@ -42,110 +42,6 @@ SUPPORTED = ('an object {"type": "object", "properties": {...}, "required": [eve
 MAX_INTEGER_DIGITS = 15  # an integer field stops after 15 digits, so that every output can end
 DATE = "dddd-dd-dd"  # "format": "date": four digits, a dash, two digits, a dash, two digits
 DONE = "done"  # the grammar state after the closing brace: only an end-of-sequence token may follow
-
-
-# --- stopping -------------------------------------------------------------------------------------
-
-class StopOnText(StoppingCriteria):
-    """Stop a row when one of stop_strings ends inside its newest token, like generate(stop_strings=...)."""
-
-    def __init__(self, tokenizer, stop_strings: str | Sequence[str]):
-        stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
-        if not stop_strings or not all(isinstance(s, str) and s for s in stop_strings):
-            raise ValueError(f"stop_strings must be one non-empty string or a list of them, got {stop_strings!r}. "
-                             'Fix: for example StopOnText(tokenizer, ["\\n\\n", "."]).')
-        self.tokenizer = tokenizer
-        self.stop_strings = stop_strings
-        # Every token holds at least one byte, so this many tokens hold the longest stop string and one more.
-        self.window = max(len(s.encode("utf-8")) for s in stop_strings) + 1
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs) -> torch.BoolTensor:
-        done = []
-        for row in input_ids.tolist():
-            tail = row[-self.window:]
-            # The earlier tokens' text, less a character they leave unfinished (shown as U+FFFD), which
-            # the newest token may finish.
-            before = self.tokenizer.decode(tail[:-1]).rstrip("\ufffd")
-            text = self.tokenizer.decode(tail)
-            # An occurrence counts only if it ends after the earlier tokens' text, in the newest token.
-            done.append(any(text.find(s, max(len(before) - len(s) + 1, 0)) >= 0 for s in self.stop_strings))
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-# --- streaming ------------------------------------------------------------------------------------
-
-class IncrementalDecoder:
-    """Turn token ids into text as they come: push(id) returns what is safe to show, finish() the rest.
-
-    It decodes a short window: the tokens since the last text it showed, plus the ones before them
-    (prefix), because some tokenizers decode a token differently at the start of a text. Text that
-    ends in U+FFFD is half a character whose other bytes are still to come: it waits for them.
-    """
-
-    def __init__(self, tokenizer, *, skip_special_tokens: bool = False):
-        self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
-        self.ids: list[int] = []
-        self.prefix_offset = 0  # first id of the context window
-        self.read_offset = 0  # ids before this one have been shown
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
-
-    def push(self, token_id) -> str:
-        """Add one token id; return the new text that is safe to show now ("" while a character is incomplete)."""
-        self.ids.append(int(token_id))
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset:])
-        if len(text) <= len(prefix) or text.endswith("\ufffd"):
-            return ""
-        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        return text[len(prefix):]
-
-    def finish(self) -> str:
-        """The text not shown yet (an incomplete character decodes to U+FFFD here, as in tokenizer.decode)."""
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset:])
-        self.prefix_offset = self.read_offset = len(self.ids)
-        return text[len(prefix):]
-
-
-CHAT_CLASS = "wu-chat"  # the browser test looks for this class
-
-
-class ChatView:
-    """A chat exchange that types the reply as pieces arrive: append(piece) adds text to the live widget.
-
-    Displayed, it is a WithFallback: GitHub, nbviewer and nbval see the snapshot taken when it was
-    shown (the question and an empty reply), never a half-typed one.
-    """
-
-    def __init__(self, question: str):
-        import ipywidgets as widgets
-
-        self.question = question
-        self.text = ""
-        self.widget = widgets.HTML(self._html())
-        self.widget.add_class(CHAT_CLASS)
-
-    def _html(self) -> str:
-        from .display import escape
-
-        bubble = "padding:6px 10px;border-radius:10px;margin:4px 0;white-space:pre-wrap;max-width:40em"
-        return (f"<div style='font-family:sans-serif'><div style='{bubble};background:#dbeafe'>"
-                f"{escape(self.question)}</div><div class='wu-reply' style='{bubble};background:#dcfce7'>"
-                f"{escape(self.text) or '…'}</div></div>")
-
-    def append(self, piece: str) -> None:
-        """Add a piece of the reply and redraw."""
-        self.text += piece
-        self.widget.value = self._html()
-
-    def _repr_mimebundle_(self, **kwargs):
-        from .display import Rendered, WithFallback
-
-        snapshot = Rendered(self._html(), f"user: {self.question}\nassistant: {self.text or '…'}")
-        return WithFallback(self.widget, snapshot)._repr_mimebundle_(**kwargs)
 
 
 # --- the grammar ----------------------------------------------------------------------------------
