@@ -219,6 +219,37 @@ def test_stop_on_text_refuses_empty_stop_strings(tokenizer):
             StopOnText(tokenizer, bad)
 
 
+def test_stop_on_text_refuses_a_stop_string_that_is_no_text(tokenizer):
+    with pytest.raises(ValueError, match="got 5.*Fix"):
+        StopOnText(tokenizer, 5)
+
+
+@pytest.mark.parametrize("token_id, fix", [
+    ("a", "must be token ids.*Fix"),
+    (-1, "outside this tokenizer's vocabulary.*Fix"),
+    (10 ** 6, "outside this tokenizer's vocabulary.*Fix"),
+    (3.0, "must be integers.*Fix"),
+    ([1, 2], "push takes one token id, got 2.*Fix"),
+])
+def test_incremental_decoder_refuses_what_is_not_one_token_id(tokenizer, token_id, fix):
+    decoder = IncrementalDecoder(tokenizer)
+    with pytest.raises(ValueError, match=fix):
+        decoder.push(token_id)
+    assert decoder.ids == []  # nothing half-added
+    assert decoder.push(torch.tensor(42)) == tokenizer.decode([42])  # a 0-d tensor is one id
+
+
+@pytest.mark.parametrize("make", [
+    lambda bad: StopOnText(bad, ["."]),
+    lambda bad: IncrementalDecoder(bad),
+    lambda bad: JsonSchemaLogitsProcessor(bad, PERSON_SCHEMA),
+])
+def test_what_is_no_tokenizer_is_refused(make, tokenizer):
+    for bad in (None, (None, tokenizer), "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        with pytest.raises(TypeError, match="Expected a tokenizer.*Fix: pass the tokenizer"):
+            make(bad)
+
+
 def test_a_token_outside_the_grammar_is_reported(tokenizer):
     processor = JsonSchemaLogitsProcessor(tokenizer, PERSON_SCHEMA)
     scores = torch.zeros(1, len(tokenizer))

@@ -12,14 +12,18 @@ from collections.abc import Sequence
 import torch
 from transformers import StoppingCriteria
 
+from .tokens import check_tokenizer
+
 
 class StopOnText(StoppingCriteria):
     """Stop a row when one of stop_strings ends inside its newest token, like generate(stop_strings=...)."""
 
     def __init__(self, tokenizer, stop_strings: str | Sequence[str]):
-        stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
+        check_tokenizer(tokenizer)
+        given = stop_strings
+        stop_strings = [given] if isinstance(given, str) else list(given) if isinstance(given, (list, tuple)) else []
         if not stop_strings or not all(isinstance(s, str) and s for s in stop_strings):
-            raise ValueError(f"stop_strings must be one non-empty string or a list of them, got {stop_strings!r}. "
+            raise ValueError(f"stop_strings must be one non-empty string or a list of them, got {given!r}. "
                              'Fix: for example StopOnText(tokenizer, ["\\n\\n", "."]).')
         self.tokenizer = tokenizer
         self.stop_strings = stop_strings

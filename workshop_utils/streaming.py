@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from .tokens import check_tokenizer, token_id_rows
+
 
 class IncrementalDecoder:
     """Turn token ids into text as they come: push(id) returns what is safe to show, finish() the rest.
@@ -18,7 +20,9 @@ class IncrementalDecoder:
     """
 
     def __init__(self, tokenizer, *, skip_special_tokens: bool = False):
+        check_tokenizer(tokenizer)
         self.tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
         self.skip_special_tokens = skip_special_tokens
         self.ids: list[int] = []
         self.prefix_offset = 0  # first id of the context window
@@ -29,7 +33,11 @@ class IncrementalDecoder:
 
     def push(self, token_id) -> str:
         """Add one token id; return the new text that is safe to show now ("" while a character is incomplete)."""
-        self.ids.append(int(token_id))
+        ids = token_id_rows([token_id], "token_id", vocab_size=self.vocab_size, one_row=True)[0].tolist()
+        if len(ids) != 1:
+            raise ValueError(f"push takes one token id, got {len(ids)}. Fix: push them one at a time: "
+                             "for token_id in ids: decoder.push(token_id).")
+        self.ids.append(ids[0])
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         text = self._decode(self.ids[self.prefix_offset:])
         if len(text) <= len(prefix) or text.endswith("\ufffd"):

@@ -35,6 +35,7 @@ from transformers import LogitsProcessor
 
 from .stopping import StopOnText  # noqa: F401  (the issue's public face: structured.StopOnText)
 from .streaming import IncrementalDecoder  # noqa: F401  (and structured.IncrementalDecoder)
+from .tokens import check_tokenizer
 
 SUPPORTED = ('an object {"type": "object", "properties": {...}, "required": [every property]} whose properties '
              'are {"type": "string"} (optionally "maxLength": n or "format": "date"), {"type": "integer"}, '
@@ -204,6 +205,7 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, tokenizer, schema, *, eos_token_id: int | Sequence[int] | None = None):
+        check_tokenizer(tokenizer)
         self.grammar = JsonGrammar(schema)
         eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         if eos is None:
@@ -327,6 +329,7 @@ class LLGuidanceLogitsProcessor(LogitsProcessor):
             import llguidance.hf
         except ImportError as error:
             raise ImportError("llguidance is not installed. Fix: pip install -e '.[structured]'.") from error
+        check_tokenizer(tokenizer)
         JsonGrammar(schema)  # the same subset as JsonSchemaLogitsProcessor, refused the same way
         self._llguidance = llguidance
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer)

@@ -103,6 +103,13 @@ def token_id_rows(ids, name: str = "token ids", *, vocab_size: int | None = None
     return rows.long()
 
 
+def check_tokenizer(tokenizer) -> None:
+    """Refuse what is not a tokenizer (None, a model, the (model, tokenizer) pair) before any work."""
+    if not (callable(getattr(tokenizer, "decode", None)) and callable(getattr(tokenizer, "convert_ids_to_tokens", None))):
+        raise TypeError(f"Expected a tokenizer, got {type(tokenizer).__name__}. Fix: pass the tokenizer from "
+                        "model, tokenizer = load_model().")
+
+
 def as_token_ids(tokenizer, text_or_ids: str | Sequence[int] | torch.Tensor) -> list[int]:
     """Token ids of a text (as tokenizer(text) gives them) or checked ids of one sequence; ValueError on bad input."""
     if isinstance(text_or_ids, str):
