@@ -237,9 +237,10 @@ class Comparison:
     logits_from: str = "one forward pass"
     step_logit_diffs: torch.Tensor | None = field(default=None, repr=False)  # [steps]: largest difference per step
 
-    def _difference(self) -> str:
+    def _difference(self, where: str = "") -> str:
         source = "your loop's logits" if self.logits_from == "your loop" else "one forward pass over your tokens"
-        return f"largest logit difference ({source} against generate's): {describe_difference(self.max_logit_diff)}"
+        return (f"largest logit difference{where} ({source} against generate's): "
+                f"{describe_difference(self.max_logit_diff)}")
 
     def __str__(self) -> str:
         if self.equal:
@@ -252,7 +253,7 @@ class Comparison:
         lines = [f"differs from generate at row {self.row}, position {self.position} "
                  f"(new token {self.new_token_index}): ours {name(self.ours_token, self.ours_label)}, "
                  f"generate {name(self.generate_token, self.generate_label)}",
-                 self._difference().replace("largest logit difference", "largest logit difference up to there")]
+                 self._difference(" up to there")]
         if self.gap_at_difference is not None:
             lines.append(f"generate's logit gap between the two tokens there: {self.gap_at_difference:.2e}")
         return "\n".join(lines)
