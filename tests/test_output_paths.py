@@ -101,3 +101,30 @@ def test_timing_command_counts(capsys, no_model, argv, option):
         timing_main(argv)
     assert done.value.code == 2
     assert f"argument {option}: must be a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_write_text_atomic_leaves_an_ordinary_file_and_no_temporary(tmp_path):
+    from workshop_utils.paths import write_text_atomic
+
+    target = tmp_path / "figures.json"
+    write_text_atomic(target, "naïve 😀\n")
+    assert target.read_text(encoding="utf-8") == "naïve 😀\n"
+    assert target.stat().st_mode & 0o777 == 0o644  # not the temporary file's private 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["figures.json"]
+
+
+def test_build_corpus_writes_through_the_atomic_writer(tmp_path):
+    import nbformat
+
+    from workshop_utils import bpe_lab
+
+    (tmp_path / "lessons").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "lessons" / "01.md").write_text("lesson text", encoding="utf-8")
+    (tmp_path / "README.md").write_text("readme", encoding="utf-8")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("cell text")]),
+                   tmp_path / "notebooks" / "01.ipynb")
+    out = tmp_path / "corpus.txt"
+    size = bpe_lab.build_corpus(tmp_path, out)
+    assert out.read_text(encoding="utf-8") == "lesson text\n\nreadme\n\ncell text\n"
+    assert size == out.stat().st_size and out.stat().st_mode & 0o777 == 0o644

@@ -7,11 +7,11 @@ see data/bpe_corpus.md). The notebook and tests/test_bpe.py share the 1,000 vari
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from .paths import write_text_atomic
 
 DATA = Path(__file__).resolve().parent / "data"
 CORPUS_FILE = DATA / "bpe_corpus.txt"
@@ -52,11 +52,7 @@ def build_corpus(root: str | Path, out: str | Path = CORPUS_FILE) -> int:
     for path in sorted(root.glob("notebooks/*.ipynb")):
         parts += [cell.source for cell in nbformat.read(path, as_version=4).cells]
     text = "\n\n".join(parts) + "\n"
-    out = Path(out)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, delete=False) as tmp:
-        tmp.write(text)
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, out)  # nothing half-written is left behind
+    write_text_atomic(Path(out), text)
     return len(text.encode("utf-8"))
 
 

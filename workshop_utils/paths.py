@@ -58,7 +58,9 @@ def output_file(path: str | Path, what: str = "output file") -> Path:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside path, then rename it over path."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+    """Write text (UTF-8) to a temporary file beside path, then rename it over path: nothing half-written is left."""
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                     delete=False) as f:
         f.write(text)
+    os.chmod(f.name, 0o644)  # a temporary file is private (0600); the result is an ordinary file
     os.replace(f.name, path)
